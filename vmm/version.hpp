@@ -1,0 +1,4 @@
+#pragma once
+namespace pier {
+const char* version();
+}  // namespace pier
