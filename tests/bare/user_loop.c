@@ -1,0 +1,38 @@
+// user_loop: proves the CPL3 path. enter_user() iretq's into CPL3 (IOPL 3) and comes back through
+// `int $0x80` (DPL 3 gate); port I/O from CPL3 (serial output) works; a 100 M-iteration loop in
+// CPL3 runs at native speed (on kvm_pvm the same loop in CPL0 would take ~2 minutes).
+// cmdline: iterations=N (default 100000000), max_ms=N (fail if slower, default 20000).
+#include "bare.h"
+TEST_NAME("user_loop");
+
+static uint64_t where_am_i(uint64_t arg) {
+  printf("in CPL%u (cs=0x%x), rflags=0x%lx, arg=0x%lx\n", in_user_mode(), read_cs(), read_rflags(), arg);
+  return arg + 1;
+}
+
+static uint64_t spin(uint64_t n) {
+  uint64_t t0 = rdtsc();
+  __asm__ volatile("1: dec %0; jnz 1b" : "+r"(n));
+  return rdtsc() - t0;
+}
+
+int test_main(void) {
+  uint64_t iters = cmdline_u64("iterations", 100000000);
+  uint64_t r = enter_user(where_am_i, 0x1234, 0);
+  CHECK(r == 0x1235, "enter_user returns fn's value through int $0x80 (got 0x%lx)", r);
+  CHECK(!in_user_mode(), "back in CPL0 (cs=0x%x)", read_cs());
+  // Twice: the second enter must reuse the saved state correctly.
+  r = enter_user(where_am_i, 41, 0);
+  CHECK(r == 42, "second enter_user round trip (got %lu)", r);
+
+  uint64_t t0 = rdtsc();
+  uint64_t cycles = enter_user(spin, iters, 0);
+  uint64_t total = rdtsc() - t0;
+  uint64_t khz = tsc_khz();
+  printf("user loop: %lu iterations in %lu TSC cycles (%lu cycles with the switches)", iters, cycles, total);
+  if (khz) printf(" = %lu ms at %lu kHz", cycles / khz, khz);
+  printf("\n");
+  uint64_t max_ms = cmdline_u64("max_ms", 20000);
+  if (khz) CHECK(cycles / khz <= max_ms, "CPL3 loop within %lu ms", max_ms);
+  return 0;
+}
