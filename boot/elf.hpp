@@ -1,0 +1,46 @@
+#pragma once
+// ELF64 x86-64 executables (the kernel proper, vmlinux, or a bare-metal test guest), loaded by
+// physical address the way the kernel's own decompressor (arch/x86/boot/compressed/misc.c
+// parse_elf) and Firecracker place vmlinux: each PT_LOAD segment at p_paddr, bss zeroed.
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "vmm/guest_memory.hpp"
+
+namespace pier::boot {
+
+struct ElfSegment {
+  uint64_t offset = 0;  // in the file
+  uint64_t paddr = 0;
+  uint64_t vaddr = 0;
+  uint64_t filesz = 0;
+  uint64_t memsz = 0;  // >= filesz; the rest is bss, zero-filled on load
+  uint32_t flags = 0;  // PF_X | PF_W | PF_R
+};
+
+struct ElfImage {
+  // Guest-physical entry point. e_entry when it lies in a segment's physical range (vmlinux links
+  // ENTRY(phys_startup_64)); an e_entry that is a virtual address inside a segment is translated
+  // to the matching physical address.
+  uint64_t entry = 0;
+  std::vector<ElfSegment> segments;  // PT_LOAD with memsz > 0, sorted by paddr, non-overlapping
+  uint64_t lowest_paddr = 0;         // of the segments
+  uint64_t highest_end = 0;          // max paddr + memsz
+};
+
+// True when `file` starts with the ELF magic (any class or machine).
+bool is_elf(std::span<const uint8_t> file) noexcept;
+
+// Validates an ELF64 little-endian x86-64 ET_EXEC file. Every header, offset and size is checked
+// against the file length without overflow; segments need memsz >= filesz, must not overlap, and
+// the entry must lie in one of them. Throws pier::Error with one actionable line otherwise.
+ElfImage parse_elf64(std::span<const uint8_t> file);
+
+// Checks every segment against guest RAM (inside one RAM region, not below 1 MiB where pier keeps
+// the zero page, page tables and ACPI tables) before writing anything, then copies each segment
+// to its paddr through GuestMemory and zero-fills its bss. `file` must be the bytes `image` was
+// parsed from.
+void load_elf(const GuestMemory& memory, std::span<const uint8_t> file, const ElfImage& image);
+
+}  // namespace pier::boot
