@@ -1,3 +1,60 @@
-int main() {
-  return 0;
+// pier: a KVM virtual machine monitor. `pier run ...` boots a guest; see README.md.
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "vmm/error.hpp"
+#include "vmm/log.hpp"
+#include "vmm/machine.hpp"
+#include "vmm/options.hpp"
+#include "vmm/version.hpp"
+
+namespace {
+
+constexpr const char* kUsage =
+    "Usage: pier <command> [options]\n"
+    "\n"
+    "Commands:\n"
+    "  run        boot a guest (pier run --help for its options)\n"
+    "\n"
+    "Options:\n"
+    "  --version  print the version\n"
+    "  --help     show this help\n";
+
+int run_command(const std::vector<std::string>& args) {
+  pier::RunOptions options = pier::parse_run_options(args);
+  if (options.show_help) {
+    std::fputs(options.help_text.c_str(), stdout);
+    return 0;
+  }
+  pier::log::set_level(pier::log::parse_level(options.log_level));
+  pier::log::info("host profile: {}", options.machine.host.name());
+  pier::Machine machine(options.machine);
+  return machine.run();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  try {
+    if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+      std::fputs(kUsage, args.empty() ? stderr : stdout);
+      return args.empty() ? 1 : 0;
+    }
+    if (args[0] == "--version" || args[0] == "-V") {
+      std::printf("pier %s\n", pier::version());
+      return 0;
+    }
+    if (args[0] == "run") return run_command({args.begin() + 1, args.end()});
+    throw pier::Error(fmt::format("unknown command '{}' (try pier --help)", args[0]));
+  } catch (const pier::Error& e) {
+    std::fprintf(stderr, "pier: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "pier: internal error: %s\n", e.what());
+    return 1;
+  }
 }

@@ -1,0 +1,45 @@
+#pragma once
+// The CPU state at the kernel's 64-bit entry (Linux boot.rst "64-bit Boot Protocol"): a boot GDT
+// with __BOOT_CS=0x10 and __BOOT_DS=0x18, identity page tables, long mode, RSI = zero page.
+// Pure functions over guest memory and KVM structs, so they are unit-tested without /dev/kvm.
+#include <linux/kvm.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "vmm/guest_memory.hpp"
+
+namespace pier::boot {
+
+constexpr uint16_t kBootCodeSelector = 0x10;
+constexpr uint16_t kBootDataSelector = 0x18;
+constexpr uint16_t kBootTssSelector = 0x20;
+
+// x86 segment descriptor from the packed "flags" form used by Linux/Firecracker: bits 0-7 access
+// byte, bits 12-15 flags nibble (G, D/B, L, AVL).
+constexpr uint64_t gdt_entry(uint16_t flags, uint32_t base, uint32_t limit) {
+  return ((uint64_t(base) & 0xff000000u) << 32) | ((uint64_t(flags) & 0x0000f0ffu) << 40) |
+         ((uint64_t(limit) & 0x000f0000u) << 32) | ((uint64_t(base) & 0x00ffffffu) << 16) |
+         (uint64_t(limit) & 0x0000ffffu);
+}
+
+// The KVM view of a descriptor, as the CPU would load it for `selector`.
+kvm_segment segment_from_gdt_entry(uint64_t entry, uint16_t selector);
+
+// Writes the boot GDT (layout::kBootGdt) and an empty IDT (layout::kBootIdt).
+void write_boot_gdt_and_idt(const GuestMemory& memory);
+// Identity-maps guest-physical 0-4 GiB with 2 MiB pages at layout::kPml4 (supervisor, writable).
+void write_identity_page_tables(const GuestMemory& memory);
+
+// Long mode, paging, flat boot segments: applied on top of the vCPU's reset sregs.
+void set_long_mode_sregs(kvm_sregs& sregs);
+kvm_regs boot_regs(uint64_t entry, uint64_t zero_page);
+kvm_fpu boot_fpu();
+// MSRs a firmware would leave in a defined state (Firecracker's list).
+std::vector<kvm_msr_entry> boot_msrs();
+
+// Per-vCPU CPUID: initial APIC id, logical processor count, the hypervisor bit.
+void normalize_cpuid(std::vector<kvm_cpuid_entry2>& entries, unsigned vcpu_index,
+                     unsigned vcpu_count);
+
+}  // namespace pier::boot

@@ -1,0 +1,391 @@
+#include "vmm/machine.hpp"
+
+#include <fmt/format.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+
+#include <cstring>
+#include <fstream>
+#include <iterator>
+
+#include "boot/acpi.hpp"
+#include "boot/cpu_setup.hpp"
+#include "boot/e820.hpp"
+#include "boot/layout.hpp"
+#include "boot/zero_page.hpp"
+#include "devices/chardev/pump.hpp"
+#include "devices/uart16550.hpp"
+#include "vmm/error.hpp"
+#include "vmm/log.hpp"
+
+namespace pier {
+namespace {
+
+// vCPU threads are kicked out of KVM_RUN with this signal; its handler does nothing (the point
+// is the EINTR), and kvm_run::immediate_exit covers a kick that lands before KVM_RUN.
+constexpr int kKickSignal = SIGUSR1;
+
+void install_kick_handler() {
+  struct sigaction sa {};
+  sa.sa_handler = [](int) {};
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;  // no SA_RESTART: KVM_RUN must return EINTR
+  ::sigaction(kKickSignal, &sa, nullptr);
+}
+
+std::vector<uint8_t> read_file(const std::string& path, std::string_view what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw system_error(fmt::format("cannot read {} '{}'", what, path));
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
+                             std::istreambuf_iterator<char>());
+  if (in.bad()) throw system_error(fmt::format("error reading {} '{}'", what, path));
+  return bytes;
+}
+
+uint64_t align_down(uint64_t value, uint64_t alignment) {
+  return value & ~(alignment - 1);
+}
+
+// Local APIC virtual-wire set-up a firmware leaves: LINT0 = ExtINT (the 8259 reaches the BSP),
+// LINT1 = NMI.
+void set_lapic_lints(Vcpu& vcpu) {
+  constexpr size_t kLvtLint0 = 0x350, kLvtLint1 = 0x360;
+  constexpr uint32_t kModeExtInt = 7, kModeNmi = 4;
+  kvm_lapic_state state = vcpu.lapic();
+  auto set_mode = [&](size_t reg, uint32_t mode) {
+    uint32_t value;
+    std::memcpy(&value, state.regs + reg, 4);
+    value = (value & ~0x700u) | (mode << 8);
+    std::memcpy(state.regs + reg, &value, 4);
+  };
+  set_mode(kLvtLint0, kModeExtInt);
+  set_mode(kLvtLint1, kModeNmi);
+  vcpu.set_lapic(state);
+}
+
+}  // namespace
+
+Machine::Machine(const MachineConfig& config) : config_(config) {
+  create_vm();
+  create_devices();
+  load_guest();
+  create_vcpus();
+}
+
+Machine::~Machine() {
+  request_stop(StopReason::kError);
+  for (auto& t : threads_) {
+    if (t.joinable()) t.join();
+  }
+}
+
+void Machine::create_vm() {
+  kvm_ = std::make_unique<Kvm>(config_.kvm_device);
+  for (long cap : {KVM_CAP_IRQCHIP, KVM_CAP_USER_MEMORY, KVM_CAP_SET_TSS_ADDR, KVM_CAP_PIT2,
+                   KVM_CAP_IMMEDIATE_EXIT}) {
+    if (!kvm_->check_extension(cap)) {
+      throw Error(
+          fmt::format("this KVM lacks a required capability ({}); pier needs a Linux "
+                      "host kernel of 4.11 or later",
+                      cap));
+    }
+  }
+  const unsigned max_cpus = std::min(kvm_->max_vcpus(), 255u);
+  if (config_.cpus == 0 || config_.cpus > max_cpus) {
+    throw Error(
+        fmt::format("--cpus {} is out of range: this host allows 1 to {}", config_.cpus, max_cpus));
+  }
+  vm_ = std::make_unique<Vm>(*kvm_);
+  vm_->set_identity_map_address(layout::kKvmIdentityMap);
+  vm_->set_tss_address(layout::kKvmTss);
+
+  memory_.emplace(GuestMemory::create(config_.memory_bytes));
+  uint32_t slot = 0;
+  for (const auto& region : memory_->regions()) {
+    vm_->set_user_memory_region(slot++, region.gpa, region.size,
+                                memory_->host_address_of_region(region));
+  }
+  vm_->create_irqchip();
+  vm_->create_pit2();
+}
+
+void Machine::create_devices() {
+  auto stop = [this](StopReason reason) { request_stop(reason); };
+
+  auto backend = chardev::make_backend(config_.serial, [this] {
+    log::info("quit key pressed");
+    request_stop(StopReason::kQuitKey);
+  });
+  serial_pump_ = std::make_unique<chardev::Pump>(std::move(backend), loop_);
+  Uart16550::Host host;
+  host.set_irq = [this](bool level) { vm_->set_irq_line(layout::kCom1Irq, level); };
+  host.transmit = [this](std::span<const uint8_t> bytes) { serial_pump_->write(bytes); };
+  host.can_transmit = [this] { return serial_pump_->has_space(); };
+  host.rx_space = [this] { serial_pump_->resume_input(); };
+  uart_ = std::make_shared<Uart16550>(std::move(host));
+  serial_pump_->set_on_space([this] { uart_->transmit_space_available(); });
+  serial_pump_->set_input_handler(
+      [this](std::span<const uint8_t> bytes) { return uart_->receive(bytes); });
+  pio_.add(layout::kCom1, layout::kCom1Size, uart_, "COM1 16550A");
+
+  pio_.add(layout::kI8042Data, 5, std::make_shared<I8042>(stop), "i8042");
+  pio_.add(layout::kAcpiSleepControl, layout::kAcpiPortsSize,
+           std::make_shared<AcpiSystemControl>(stop), "ACPI sleep/reset");
+}
+
+void Machine::load_guest() {
+  const GuestMemory& mem = *memory_;
+  const std::vector<uint8_t> kernel_file = read_file(config_.kernel_path, "kernel");
+
+  boot::BootMethod method = boot::BootMethod::kBzImage;
+  if (config_.boot_method == BootMethodChoice::kDirect ||
+      (config_.boot_method == BootMethodChoice::kAuto && config_.host.slow_guest_kernel)) {
+    method = boot::BootMethod::kDirect;
+  }
+  kernel_ = boot::load_kernel(mem, kernel_file, method);
+  log::info("kernel: {}", kernel_.description);
+
+  // Command line, NUL-terminated, within the kernel's limit.
+  if (config_.cmdline.size() > kernel_.cmdline_size ||
+      config_.cmdline.size() + 1 > layout::kCmdlineMax) {
+    throw Error(fmt::format("kernel command line is {} bytes; this kernel accepts at most {}",
+                            config_.cmdline.size(),
+                            std::min<uint64_t>(kernel_.cmdline_size, layout::kCmdlineMax - 1)));
+  }
+  mem.fill(layout::kCmdline, config_.cmdline.size() + 1, 0, "kernel command line");
+  mem.load(
+      layout::kCmdline,
+      std::span(reinterpret_cast<const uint8_t*>(config_.cmdline.data()), config_.cmdline.size()),
+      "kernel command line");
+
+  // initrd: page-aligned at the top of low RAM, below initrd_addr_max, above the kernel.
+  uint64_t initrd_address = 0, initrd_size = 0;
+  if (!config_.initrd_path.empty()) {
+    const std::vector<uint8_t> initrd = read_file(config_.initrd_path, "initrd");
+    initrd_size = initrd.size();
+    const uint64_t low_end = mem.regions()[0].end();
+    const uint64_t ceiling = std::min<uint64_t>(low_end, uint64_t(kernel_.initrd_addr_max) + 1);
+    const uint64_t floor = std::max<uint64_t>(kernel_.image_end, layout::kLowRamEnd);
+    if (initrd_size > ceiling || align_down(ceiling - initrd_size, 4096) < floor) {
+      throw Error(
+          fmt::format("initrd '{}' ({} MiB) does not fit in guest RAM below {:#x} "
+                      "above the kernel; use a larger --memory",
+                      config_.initrd_path, initrd_size >> 20, ceiling));
+    }
+    initrd_address = align_down(ceiling - initrd_size, 4096);
+    mem.load(initrd_address, initrd, "initrd");
+    log::info("initrd: {} bytes at {:#x}", initrd_size, initrd_address);
+  }
+
+  acpi::AcpiConfig acpi_config;
+  acpi_config.cpus = config_.cpus;
+  const uint64_t rsdp = acpi::write_acpi_tables(mem, acpi_config);
+
+  boot::ZeroPageConfig zp;
+  zp.setup_header = kernel_.setup_header;
+  zp.cmdline_address = layout::kCmdline;
+  zp.cmdline_length = static_cast<uint32_t>(config_.cmdline.size());
+  zp.initrd_address = initrd_address;
+  zp.initrd_size = initrd_size;
+  zp.e820 = boot::build_e820(mem.regions());
+  zp.acpi_rsdp = rsdp;
+  const boot::ZeroPage page = boot::build_zero_page(zp);
+  mem.load(layout::kZeroPage, page, "zero page");
+
+  boot::write_boot_gdt_and_idt(mem);
+  boot::write_identity_page_tables(mem);
+}
+
+void Machine::create_vcpus() {
+  std::vector<kvm_cpuid_entry2> cpuid = kvm_->supported_cpuid();
+  const std::vector<kvm_msr_entry> msrs = boot::boot_msrs();
+  for (unsigned i = 0; i < config_.cpus; ++i) {
+    auto vcpu = std::make_unique<Vcpu>(*vm_, i);
+    std::vector<kvm_cpuid_entry2> own = cpuid;
+    boot::normalize_cpuid(own, i, config_.cpus);
+    vcpu->set_cpuid(own);
+    // MSRs one by one: a host that lacks one (kvm_pvm rejects some) should not stop the boot.
+    for (const auto& msr : msrs) {
+      try {
+        vcpu->set_msrs(std::span(&msr, 1));
+      } catch (const Error& e) {
+        log::debug("vCPU {}: MSR {:#x} not set: {}", i, msr.index, e.what());
+      }
+    }
+    set_lapic_lints(*vcpu);
+    if (i == 0) {
+      // The BSP starts at the kernel's 64-bit entry; APs wait for INIT-SIPI-SIPI (KVM's
+      // in-kernel LAPIC holds them in the wait-for-SIPI state).
+      kvm_sregs sregs = vcpu->sregs();
+      boot::set_long_mode_sregs(sregs);
+      vcpu->set_sregs(sregs);
+      vcpu->set_regs(boot::boot_regs(kernel_.entry, layout::kZeroPage));
+      vcpu->set_fpu(boot::boot_fpu());
+    }
+    vcpus_.push_back(std::move(vcpu));
+  }
+}
+
+void Machine::request_stop(StopReason reason) {
+  StopReason expected = StopReason::kNone;
+  stop_reason_.compare_exchange_strong(expected, reason);
+  if (!stopping_.exchange(true)) {
+    kick_vcpus();
+    loop_.stop();
+  }
+}
+
+void Machine::kick_vcpus() {
+  for (size_t i = 0; i < vcpus_.size(); ++i) {
+    vcpus_[i]->run_data()->immediate_exit = 1;
+    if (i < threads_.size() && threads_[i].joinable()) {
+      ::pthread_kill(threads_[i].native_handle(), kKickSignal);
+    }
+  }
+}
+
+void Machine::vcpu_thread(unsigned index) {
+  // Only the I/O thread handles process signals; vCPU threads take just the kick.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, kKickSignal);
+  ::pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+  Vcpu& vcpu = *vcpus_[index];
+  try {
+    while (!stopping_.load(std::memory_order_relaxed)) {
+      const int err = vcpu.run();
+      if (err == EINTR || err == EAGAIN) {
+        vcpu.run_data()->immediate_exit = 0;
+        continue;
+      }
+      if (err != 0) {
+        log::error("KVM_RUN on vCPU {} failed: {}\n{}", index, std::strerror(err), vcpu.dump());
+        request_stop(StopReason::kError);
+        break;
+      }
+      if (!handle_exit(vcpu)) break;
+    }
+  } catch (const std::exception& e) {
+    log::error("vCPU {}: {}", index, e.what());
+    request_stop(StopReason::kError);
+  }
+}
+
+bool Machine::handle_exit(Vcpu& vcpu) {
+  kvm_run* run = vcpu.run_data();
+  switch (run->exit_reason) {
+    case KVM_EXIT_IO: {
+      auto* base = reinterpret_cast<uint8_t*>(run) + run->io.data_offset;
+      const size_t size = run->io.size;
+      for (uint32_t i = 0; i < run->io.count; ++i) {
+        std::span<uint8_t> data(base + i * size, size);
+        if (run->io.direction == KVM_EXIT_IO_OUT) {
+          pio_.write(run->io.port, data);
+        } else {
+          pio_.read(run->io.port, data);
+        }
+      }
+      return true;
+    }
+    case KVM_EXIT_MMIO: {
+      std::span<uint8_t> data(run->mmio.data, std::min<size_t>(run->mmio.len, 8));
+      if (run->mmio.is_write) {
+        mmio_.write(run->mmio.phys_addr, data);
+      } else {
+        mmio_.read(run->mmio.phys_addr, data);
+      }
+      return true;
+    }
+    case KVM_EXIT_HLT:
+      // Only without an in-kernel LAPIC; ours halts in the kernel. Treat as an idle hint.
+      return true;
+    case KVM_EXIT_INTR:
+      return true;
+    case KVM_EXIT_SHUTDOWN:
+      log::error("vCPU {}: triple fault; the guest cannot continue\n{}", vcpu.index(), vcpu.dump());
+      request_stop(StopReason::kTripleFault);
+      return false;
+    case KVM_EXIT_SYSTEM_EVENT:
+      if (run->system_event.type == KVM_SYSTEM_EVENT_RESET) {
+        request_stop(StopReason::kReset);
+      } else if (run->system_event.type == KVM_SYSTEM_EVENT_SHUTDOWN) {
+        request_stop(StopReason::kPowerOff);
+      } else {
+        log::error("vCPU {}: system event {}", vcpu.index(), run->system_event.type);
+        request_stop(StopReason::kError);
+      }
+      return false;
+    case KVM_EXIT_FAIL_ENTRY:
+      log::error("vCPU {}: KVM could not enter the guest (hardware reason {:#x})\n{}", vcpu.index(),
+                 run->fail_entry.hardware_entry_failure_reason, vcpu.dump());
+      request_stop(StopReason::kError);
+      return false;
+    case KVM_EXIT_INTERNAL_ERROR: {
+      std::string data;
+      for (uint32_t i = 0; i < std::min<uint32_t>(run->internal.ndata, 16); ++i) {
+        data += fmt::format(" {:#x}", run->internal.data[i]);
+      }
+      log::error("vCPU {}: KVM internal error, suberror {}, data:{}\n{}", vcpu.index(),
+                 run->internal.suberror, data, vcpu.dump());
+      request_stop(StopReason::kError);
+      return false;
+    }
+    default:
+      log::error("vCPU {}: unhandled KVM exit reason {}\n{}", vcpu.index(), run->exit_reason,
+                 vcpu.dump());
+      request_stop(StopReason::kError);
+      return false;
+  }
+}
+
+int Machine::run() {
+  install_kick_handler();
+  // Process signals go to the I/O thread's signalfd; block them here before any thread starts so
+  // every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
+  sigaddset(&signals, kKickSignal);
+  ::pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  sigdelset(&signals, kKickSignal);
+  UniqueFd signal_fd(::signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK));
+  if (!signal_fd) throw system_error("signalfd");
+  loop_.add(signal_fd.get(), EPOLLIN, [this, fd = signal_fd.get()](uint32_t) {
+    signalfd_siginfo info{};
+    while (::read(fd, &info, sizeof(info)) == sizeof(info)) {
+      log::warn("terminating on signal {}", info.ssi_signo);
+      request_stop(StopReason::kSignal);
+    }
+  });
+
+  threads_.reserve(vcpus_.size());
+  for (unsigned i = 0; i < vcpus_.size(); ++i) {
+    threads_.emplace_back([this, i] { vcpu_thread(i); });
+  }
+  if (stopping_) kick_vcpus();  // a stop requested while threads were starting
+
+  loop_.run();
+  kick_vcpus();
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+  loop_.remove(signal_fd.get());
+
+  const StopReason reason = stop_reason_.load();
+  log::info("machine stopped: {}", to_string(reason));
+  switch (reason) {
+    case StopReason::kPowerOff:
+    case StopReason::kReset:
+    case StopReason::kSignal:
+    case StopReason::kQuitKey:
+      return 0;
+    case StopReason::kTripleFault:
+      return 2;
+    default:
+      return 3;
+  }
+}
+
+}  // namespace pier

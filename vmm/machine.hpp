@@ -1,0 +1,83 @@
+#pragma once
+// The machine: the one place that builds a VM, in the order KVM and the guest need
+// (VM -> TSS/identity map -> RAM memslots -> irqchip -> PIT -> devices -> guest images and boot
+// tables -> vCPUs with CPUID, MSRs, registers), then runs it: one thread per vCPU, the I/O thread
+// on the caller's thread.
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "boot/kernel_loader.hpp"
+#include "devices/io_bus.hpp"
+#include "devices/system_control.hpp"
+#include "vmm/event_loop.hpp"
+#include "vmm/guest_memory.hpp"
+#include "vmm/host_profile.hpp"
+#include "vmm/kvm.hpp"
+
+namespace pier {
+
+namespace chardev {
+class Pump;
+}
+class Uart16550;
+
+enum class BootMethodChoice { kAuto, kBzImage, kDirect };
+
+struct MachineConfig {
+  std::string kernel_path;
+  std::string initrd_path;  // empty: none
+  std::string cmdline;
+  uint64_t memory_bytes = 512ull << 20;
+  unsigned cpus = 1;
+  std::string serial = "stdio";
+  BootMethodChoice boot_method = BootMethodChoice::kAuto;
+  HostProfile host;
+  std::string kvm_device = "/dev/kvm";
+};
+
+class Machine {
+ public:
+  explicit Machine(const MachineConfig& config);
+  ~Machine();
+  Machine(const Machine&) = delete;
+  Machine& operator=(const Machine&) = delete;
+
+  // Runs until the guest powers off/resets, a fatal error, a signal or the quit key. Returns the
+  // process exit code: 0 for power-off, reset, signal and quit; non-zero for guest crashes and
+  // KVM errors.
+  int run();
+
+  // Any thread: ends the run with `reason`.
+  void request_stop(StopReason reason);
+
+ private:
+  void create_vm();
+  void create_devices();
+  void load_guest();
+  void create_vcpus();
+  void vcpu_thread(unsigned index);
+  bool handle_exit(Vcpu& vcpu);
+  void kick_vcpus();
+
+  MachineConfig config_;
+  std::unique_ptr<Kvm> kvm_;
+  std::unique_ptr<Vm> vm_;
+  std::optional<GuestMemory> memory_;
+  EventLoop loop_;
+  IoBus pio_{"pio"};
+  IoBus mmio_{"mmio"};
+  std::unique_ptr<chardev::Pump> serial_pump_;
+  std::shared_ptr<Uart16550> uart_;
+  std::vector<std::unique_ptr<Vcpu>> vcpus_;
+  std::vector<std::thread> threads_;
+  boot::LoadedKernel kernel_;
+
+  std::atomic<StopReason> stop_reason_{StopReason::kNone};
+  std::atomic<bool> stopping_{false};
+};
+
+}  // namespace pier

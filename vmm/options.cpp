@@ -1,0 +1,207 @@
+#include "vmm/options.hpp"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <boost/program_options.hpp>
+#include <charconv>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "boot/layout.hpp"
+#include "vmm/error.hpp"
+
+namespace po = boost::program_options;
+
+namespace pier {
+
+uint64_t parse_size(std::string_view text) {
+  const std::string original(text);
+  uint64_t value = 0;
+  const char* begin = text.data();
+  const char* end = text.data() + text.size();
+  auto [ptr, ec] = std::from_chars(begin, end, value);
+  if (ec != std::errc() || ptr == begin) {
+    throw Error(
+        fmt::format("invalid size '{}' (use a number with K, M, G or T, e.g. 512M)", original));
+  }
+  std::string_view suffix(ptr, static_cast<size_t>(end - ptr));
+  if (suffix.ends_with("iB")) {
+    suffix.remove_suffix(2);
+  } else if (suffix.size() == 2 && (suffix[1] == 'B' || suffix[1] == 'b')) {
+    suffix.remove_suffix(1);
+  }
+  unsigned shift = 20;
+  if (suffix.empty()) {
+    shift = 20;
+  } else if (suffix.size() == 1) {
+    switch (suffix[0]) {
+      case 'k':
+      case 'K':
+        shift = 10;
+        break;
+      case 'm':
+      case 'M':
+        shift = 20;
+        break;
+      case 'g':
+      case 'G':
+        shift = 30;
+        break;
+      case 't':
+      case 'T':
+        shift = 40;
+        break;
+      default:
+        throw Error(fmt::format("invalid size '{}': unknown unit '{}' (use K, M, G or T)", original,
+                                suffix));
+    }
+  } else {
+    throw Error(
+        fmt::format("invalid size '{}': unknown unit '{}' (use K, M, G or T)", original, suffix));
+  }
+  if (value > (UINT64_MAX >> shift)) throw Error(fmt::format("size '{}' is too large", original));
+  return value << shift;
+}
+
+std::string default_linux_cmdline() {
+  // ttyS0 is the console until virtio-console brings hvc0; reboot=k makes `reboot` use the i8042
+  // reset pier catches; panic=-1 reboots at once on a panic instead of hanging.
+  return "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+}
+
+std::string default_guest_dir() {
+  std::error_code ec;
+  auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) return "guest";
+  return (exe.parent_path() / "guest").string();
+}
+
+namespace {
+
+uint64_t host_memory_bytes() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key, unit;
+  uint64_t kib = 0, total = 0;
+  while (meminfo >> key >> kib >> unit) {
+    if (key == "MemTotal:" || key == "SwapTotal:") total += kib << 10;
+  }
+  return total;
+}
+
+}  // namespace
+
+RunOptions parse_run_options(const std::vector<std::string>& args) {
+  RunOptions out;
+  std::string memory = "512M", boot_method = "auto", host_profile = "auto";
+  std::vector<std::string> guest_command;
+  std::string cmdline;
+  po::options_description desc(
+      "Usage: pier run [options] [-- command for the default guest's init]\n\nOptions");
+  // clang-format off
+  desc.add_options()
+    ("help,h", "show this help")
+    ("kernel,k", po::value<std::string>(&out.machine.kernel_path),
+     "kernel: a bzImage or an ELF vmlinux (default: the default guest built by tools/guest-image)")
+    ("initrd,i", po::value<std::string>(&out.machine.initrd_path), "initial ramdisk")
+    ("cmdline,c", po::value<std::string>(&cmdline),
+     "kernel command line (replaces pier's default for Linux guests)")
+    ("memory,m", po::value<std::string>(&memory)->default_value("512M"),
+     "guest RAM: 64M minimum, units K/M/G/T; above 3G part of it lives above 4 GiB")
+    ("cpus", po::value<unsigned>(&out.machine.cpus)->default_value(1), "number of vCPUs")
+    ("serial", po::value<std::string>(&out.machine.serial)->default_value("stdio"),
+     "COM1 (ttyS0) backend: stdio, null or file=PATH. On a terminal stdio is raw; "
+     "press Ctrl-A x to quit")
+    ("boot-method", po::value<std::string>(&boot_method)->default_value("auto"),
+     "bzimage: the 64-bit boot protocol, the kernel decompresses itself; direct: pier "
+     "decompresses the bzImage payload and enters the kernel proper; auto: direct where guest "
+     "kernel code is slow (host profile pvm), else bzimage")
+    ("host-profile", po::value<std::string>(&host_profile)->default_value("auto"),
+     "auto (detect), pvm (the kvm_pvm software hypervisor) or none (hardware virtualization)")
+    ("log-level", po::value<std::string>(&out.log_level)->default_value("warn"),
+     "error, warn, info, debug or trace (to stderr)")
+    ("kvm-device", po::value<std::string>(&out.machine.kvm_device)->default_value("/dev/kvm"),
+     "the KVM device node");
+  // clang-format on
+  std::ostringstream help;
+  help << desc;
+  out.help_text = help.str();
+
+  // Split off the guest command after "--".
+  std::vector<std::string> own;
+  bool after_dashes = false;
+  for (const auto& a : args) {
+    if (!after_dashes && a == "--") {
+      after_dashes = true;
+    } else if (after_dashes) {
+      guest_command.push_back(a);
+    } else {
+      own.push_back(a);
+    }
+  }
+
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(own).options(desc).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw Error(fmt::format("{} (see pier run --help)", e.what()));
+  }
+  if (vm.count("help")) {
+    out.show_help = true;
+    return out;
+  }
+
+  out.machine.memory_bytes = parse_size(memory);
+  if (out.machine.memory_bytes < layout::kMinRam) {
+    throw Error(fmt::format("--memory {} is too small: pier needs at least 64M", memory));
+  }
+  if (out.machine.memory_bytes % 4096 != 0) {
+    throw Error(fmt::format("--memory {} is not a multiple of 4K", memory));
+  }
+  const uint64_t host = host_memory_bytes();
+  if (out.machine.memory_bytes > layout::kMaxRam ||
+      (host != 0 && out.machine.memory_bytes > host)) {
+    throw Error(fmt::format("--memory {} is more than this host can back ({} MiB of RAM and swap)",
+                            memory, host >> 20));
+  }
+  if (out.machine.cpus == 0) throw Error("--cpus must be at least 1");
+
+  if (boot_method == "auto") {
+    out.machine.boot_method = BootMethodChoice::kAuto;
+  } else if (boot_method == "bzimage") {
+    out.machine.boot_method = BootMethodChoice::kBzImage;
+  } else if (boot_method == "direct") {
+    out.machine.boot_method = BootMethodChoice::kDirect;
+  } else {
+    throw Error(
+        fmt::format("unknown --boot-method '{}' (use auto, bzimage or direct)", boot_method));
+  }
+  out.machine.host = select_host_profile(host_profile);
+
+  const bool default_guest = out.machine.kernel_path.empty();
+  if (default_guest) {
+    const std::string dir = default_guest_dir();
+    out.machine.kernel_path = dir + "/vmlinuz";
+    if (out.machine.initrd_path.empty()) out.machine.initrd_path = dir + "/initramfs.cpio";
+    if (!std::filesystem::exists(out.machine.kernel_path)) {
+      throw Error(
+          fmt::format("no --kernel given and the default guest is not built ({} is "
+                      "missing): run tools/guest-image, or pass --kernel",
+                      out.machine.kernel_path));
+    }
+  }
+  if (vm.count("cmdline")) {
+    out.machine.cmdline = cmdline;
+  } else {
+    out.machine.cmdline = default_linux_cmdline();
+  }
+  if (!guest_command.empty()) {
+    out.machine.cmdline += " --";
+    for (const auto& word : guest_command) out.machine.cmdline += " " + word;
+  }
+  return out;
+}
+
+}  // namespace pier
