@@ -17,6 +17,7 @@
 #include "devices/chardev/pump.hpp"
 #include "devices/uart16550.hpp"
 #include "vmm/error.hpp"
+#include "vmm/irq_routing.hpp"
 #include "vmm/log.hpp"
 
 namespace pier {
@@ -47,8 +48,8 @@ uint64_t align_down(uint64_t value, uint64_t alignment) {
   return value & ~(alignment - 1);
 }
 
-// Local APIC virtual-wire set-up a firmware leaves: LINT0 = ExtINT (the 8259 reaches the BSP),
-// LINT1 = NMI.
+// Local APIC virtual-wire set-up a PC firmware leaves: LINT0 = ExtINT (the 8259 reaches the
+// CPU), LINT1 = NMI, both unmasked.
 void set_lapic_lints(Vcpu& vcpu) {
   constexpr size_t kLvtLint0 = 0x350, kLvtLint1 = 0x360;
   constexpr uint32_t kModeExtInt = 7, kModeNmi = 4;
@@ -56,7 +57,8 @@ void set_lapic_lints(Vcpu& vcpu) {
   auto set_mode = [&](size_t reg, uint32_t mode) {
     uint32_t value;
     std::memcpy(&value, state.regs + reg, 4);
-    value = (value & ~0x700u) | (mode << 8);
+    constexpr uint32_t kMasked = 1u << 16;
+    value = (value & ~(0x700u | kMasked)) | (mode << 8);
     std::memcpy(state.regs + reg, &value, 4);
   };
   set_mode(kLvtLint0, kModeExtInt);
@@ -107,6 +109,7 @@ void Machine::create_vm() {
                                 memory_->host_address_of_region(region));
   }
   vm_->create_irqchip();
+  IrqRouting(*vm_).commit();
   vm_->create_pit2();
 }
 

@@ -68,7 +68,7 @@ uint64_t parse_size(std::string_view text) {
 std::string default_linux_cmdline() {
   // ttyS0 is the console until virtio-console brings hvc0; reboot=k makes `reboot` use the i8042
   // reset pier catches; panic=-1 reboots at once on a panic instead of hanging.
-  return "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+  return "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd";
 }
 
 std::string default_guest_dir() {
