@@ -73,6 +73,7 @@ uint64_t tsc_khz_pit(void) {
   outb(0x43, 0xb0);
   outb(0x42, count & 0xff);
   outb(0x42, count >> 8);
+  if (inb(0x61) & 0x20) return 0;  // OUT2 must be low while counting: no usable PIT/port 0x61
   uint64_t t0 = rdtsc(), t1 = t0;
   for (unsigned i = 0; i < 1000000; i++) {
     t1 = rdtsc();

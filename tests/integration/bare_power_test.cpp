@@ -1,0 +1,43 @@
+// The ways a guest ends the VM: ACPI S5, i8042 reset (both exit 0) and a triple fault (non-zero,
+// with a message on stderr).
+#include <algorithm>
+
+#include "pier_process.hpp"
+
+using namespace pier::test;
+
+TEST(BarePower, AcpiS5PowerOffExitsZero) {
+  PIER_REQUIRE_KVM();
+  auto r = run_bare("poweroff_s5");
+  EXPECT_TRUE(guest_passed(r, "poweroff_s5"));
+}
+
+TEST(BarePower, I8042ResetExitsZero) {
+  PIER_REQUIRE_KVM();
+  auto r = run_bare("reset_i8042");
+  EXPECT_TRUE(guest_passed(r, "reset_i8042"));
+}
+
+static void expect_triple_fault(const std::string& how) {
+  auto r = run_bare("triple_fault", {"--cmdline", "how=" + how});
+  EXPECT_FALSE(r.timed_out) << r.describe();
+  EXPECT_TRUE(has_line_starting(r.out, "PIER-TEST ARMED triple_fault")) << r.describe();
+  EXPECT_FALSE(has_line_starting(r.out, "PIER-TEST FAIL")) << r.describe();
+  EXPECT_NE(r.exit_code, 0) << r.describe();
+  EXPECT_EQ(r.term_signal, 0) << "pier died of a signal\n" << r.describe();
+  std::string err = r.err;
+  std::transform(err.begin(), err.end(), err.begin(), ::tolower);
+  EXPECT_TRUE(err.find("triple") != std::string::npos || err.find("shutdown") != std::string::npos)
+      << "expected a message about the triple fault on stderr\n" << r.describe();
+  std::cout << "[ stderr   ] " << r.err;
+}
+
+TEST(BarePower, TripleFaultExitsNonZeroWithMessage) {
+  PIER_REQUIRE_KVM();
+  expect_triple_fault("ud2");
+}
+
+TEST(BarePower, TripleFaultFromGeneralProtection) {
+  PIER_REQUIRE_KVM();
+  expect_triple_fault("gp");
+}

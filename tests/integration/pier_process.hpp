@@ -1,0 +1,54 @@
+#pragma once
+// Runs build/pier as a subprocess, the way a user would, for the integration tests: argv, an
+// optional line fed to its stdin (optionally only once a marker appeared on its stdout), a
+// timeout (then SIGKILL), captured stdout/stderr, the exit status, and wall times from exec to
+// the first stdout byte and to exit.
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace pier::test {
+
+struct PierRun {
+  std::vector<std::string> args;  // after the binary, e.g. {"run", "--kernel", ...}
+  std::string stdin_data;         // written to pier's stdin (a pipe that stays open until exit)
+  std::string stdin_after;        // if set: write stdin_data only once this appears on stdout
+  std::chrono::milliseconds timeout{60000};
+};
+
+struct PierResult {
+  int exit_code = -1;      // exit status; -1 if killed by a signal (see term_signal)
+  int term_signal = 0;
+  bool timed_out = false;  // killed by us after PierRun::timeout
+  std::string out, err;
+  double first_output_s = -1;  // exec -> first byte on stdout (-1: none)
+  double total_s = 0;          // exec -> exit
+  std::string describe() const;  // status, times, stdout and stderr, for failure messages
+};
+
+// "" when /dev/kvm can be opened read-write, else why not.
+std::string kvm_unavailable_reason();
+std::string pier_binary();
+// PIER_BARE_DIR/<name>.elf
+std::string bare_guest(const std::string& name);
+PierResult run_pier(const PierRun& run);
+// Runs `pier run --kernel <bare guest> <extra args>`.
+PierResult run_bare(const std::string& guest, const std::vector<std::string>& extra = {},
+                    std::chrono::milliseconds timeout = std::chrono::milliseconds(60000));
+
+// Guest output checks: exit 0, a "PIER-TEST PASS <name>" line, no "PIER-TEST FAIL" line.
+::testing::AssertionResult guest_passed(const PierResult& r, const std::string& name);
+bool has_line_starting(const std::string& out, const std::string& prefix);
+// The rest of the first line starting with prefix ("" if none).
+std::string line_after(const std::string& out, const std::string& prefix);
+
+}  // namespace pier::test
+
+// Skips the current test when KVM is not usable here.
+#define PIER_REQUIRE_KVM()                                                      \
+  do {                                                                          \
+    const std::string why_ = ::pier::test::kvm_unavailable_reason();           \
+    if (!why_.empty()) GTEST_SKIP() << "no /dev/kvm: " << why_;                 \
+  } while (0)
