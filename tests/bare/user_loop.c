@@ -10,6 +10,13 @@ static uint64_t where_am_i(uint64_t arg) {
   return arg + 1;
 }
 
+static volatile uint32_t bp_hits;
+static void bp_handler(struct regs *r) { bp_hits++; }
+static uint64_t user_int3(uint64_t arg) {
+  __asm__ volatile("int3");
+  return read_rflags();
+}
+
 static uint64_t spin(uint64_t n) {
   uint64_t t0 = rdtsc();
   __asm__ volatile("1: dec %0; jnz 1b" : "+r"(n));
@@ -19,11 +26,22 @@ static uint64_t spin(uint64_t n) {
 int test_main(void) {
   uint64_t iters = cmdline_u64("iterations", 100000000);
   uint64_t r = enter_user(where_am_i, 0x1234, 0);
-  CHECK(r == 0x1235, "enter_user returns fn's value through int $0x80 (got 0x%lx)", r);
+  CHECK(r == 0x1235, "enter_user returns fn's value back in CPL0 (got 0x%lx)", r);
   CHECK(!in_user_mode(), "back in CPL0 (cs=0x%x)", read_cs());
   // Twice: the second enter must reuse the saved state correctly.
   r = enter_user(where_am_i, 41, 0);
   CHECK(r == 42, "second enter_user round trip (got %lu)", r);
+
+  printf("CPL3 returns so far: %lu via int $0x80, %lu via #UD (kvm_pvm turns `int $0x80` in CPL3 into #UD)\n",
+         user_return_via_int80, user_return_via_ud2);
+
+  // An exception raised in CPL3 reaches the guest IDT (DPL 3 gate for #BP) and iretq returns.
+  irq_set_handler(3, bp_handler);
+  idt_set_dpl3(3);
+  uint64_t uflags = enter_user(user_int3, 0, 0);
+  CHECK(bp_hits == 1, "int3 in CPL3 runs the CPL0 #BP handler and returns (%u)", bp_hits);
+  printf("RFLAGS seen in CPL3 (entered with IF=0, IOPL=3): 0x%lx (IOPL %lu, IF %lu)\n", uflags, (uflags >> 12) & 3,
+         (uflags >> 9) & 1);
 
   uint64_t t0 = rdtsc();
   uint64_t cycles = enter_user(spin, iters, 0);
