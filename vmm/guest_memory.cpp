@@ -71,6 +71,23 @@ bool GuestMemory::write(uint64_t gpa, std::span<const uint8_t> in) const noexcep
   return true;
 }
 
+uint64_t GuestMemory::resident_bytes() const {
+  const uint64_t page = 4096;
+  uint64_t resident = 0;
+  std::vector<unsigned char> vec;
+  for (const auto& r : regions_) {
+    // In chunks so the vector stays small for large guests.
+    constexpr uint64_t kChunk = 1ull << 30;
+    for (uint64_t off = 0; off < r.size; off += kChunk) {
+      const uint64_t len = std::min(kChunk, r.size - off);
+      vec.resize(len / page);
+      if (::mincore(reservation_.as<uint8_t>() + r.gpa + off, len, vec.data()) != 0) continue;
+      for (unsigned char v : vec) resident += (v & 1) ? page : 0;
+    }
+  }
+  return resident;
+}
+
 std::span<uint8_t> GuestMemory::checked_slice(uint64_t gpa, uint64_t len,
                                               std::string_view what) const {
   auto s = slice(gpa, len);

@@ -62,6 +62,9 @@ class GuestMemory {
     return write(gpa, std::span(reinterpret_cast<const uint8_t*>(&value), sizeof(T)));
   }
 
+  // Bytes of guest RAM the host currently has resident (pages the guest or pier touched).
+  uint64_t resident_bytes() const;
+
   // Set-up time helpers: throw pier::Error("<what> (N bytes at 0x...) does not fit in guest RAM").
   void load(uint64_t gpa, std::span<const uint8_t> bytes, std::string_view what) const;
   void fill(uint64_t gpa, uint64_t len, uint8_t byte, std::string_view what) const;

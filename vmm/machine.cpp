@@ -44,6 +44,16 @@ std::vector<uint8_t> read_file(const std::string& path, std::string_view what) {
   return bytes;
 }
 
+// A "Key:   N kB" field of /proc/self/status, in bytes (0 if unavailable).
+uint64_t proc_status_bytes(std::string_view key) {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.starts_with(key)) return std::stoull(line.substr(key.size())) * 1024;
+  }
+  return 0;
+}
+
 uint64_t align_down(uint64_t value, uint64_t alignment) {
   return value & ~(alignment - 1);
 }
@@ -342,6 +352,19 @@ bool Machine::handle_exit(Vcpu& vcpu) {
   }
 }
 
+void Machine::log_memory_footprint() const {
+  if (!log::enabled(log::Level::kInfo)) return;
+  // Guest RAM is anonymous memory; shared-library pages are file-backed and shared with every
+  // other process using them, so pier's own cost is anonymous RSS minus resident guest RAM.
+  const uint64_t anon = proc_status_bytes("RssAnon:");
+  const uint64_t file = proc_status_bytes("RssFile:");
+  const uint64_t guest = memory_->resident_bytes();
+  log::info(
+      "memory: guest RAM resident {} KiB; pier's own anonymous {} KiB, plus {} KiB of "
+      "shared library and executable pages",
+      guest >> 10, anon > guest ? (anon - guest) >> 10 : 0, file >> 10);
+}
+
 int Machine::run() {
   install_kick_handler();
   // Process signals go to the I/O thread's signalfd; block them here before any thread starts so
@@ -378,6 +401,7 @@ int Machine::run() {
 
   const StopReason reason = stop_reason_.load();
   log::info("machine stopped: {}", to_string(reason));
+  log_memory_footprint();
   switch (reason) {
     case StopReason::kPowerOff:
     case StopReason::kReset:

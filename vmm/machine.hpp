@@ -62,6 +62,7 @@ class Machine {
   void vcpu_thread(unsigned index);
   bool handle_exit(Vcpu& vcpu);
   void kick_vcpus();
+  void log_memory_footprint() const;
 
   MachineConfig config_;
   std::unique_ptr<Kvm> kvm_;
