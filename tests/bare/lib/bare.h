@@ -226,12 +226,13 @@ struct entry_state {
   uint16_t pad[3];
   uint16_t idt_limit;
   uint64_t idt_base;
+  uint64_t tsc;  // at the first instruction
 };
 _Static_assert(__builtin_offsetof(struct entry_state, tr) == 68, "entry.S offsets");
 _Static_assert(__builtin_offsetof(struct entry_state, gdt_limit) == 70, "entry.S offsets");
 _Static_assert(__builtin_offsetof(struct entry_state, gdt_base) == 72, "entry.S offsets");
 _Static_assert(__builtin_offsetof(struct entry_state, idt_limit) == 86, "entry.S offsets");
-_Static_assert(sizeof(struct entry_state) == 96, "entry.S size");
+_Static_assert(sizeof(struct entry_state) == 104, "entry.S size");
 extern struct entry_state entry_state;
 
 // ---- ACPI (read-only walk of pier's tables) -------------------------------------------------

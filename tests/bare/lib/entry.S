@@ -13,6 +13,11 @@
 _start:
         // Record the entry state for the entry test (a few instructions; CPL0 is emulated).
         movq    %rsp, entry_state+0(%rip)
+        movq    %rdx, %r8
+        rdtsc
+        movl    %eax, entry_state+96(%rip)
+        movl    %edx, entry_state+100(%rip)
+        movq    %r8, %rdx
         pushfq
         popq    entry_state+8(%rip)
         cli
@@ -47,7 +52,10 @@ _start:
         jmp     1b
 
 // ---- interrupt stubs: 256 of them, 16 bytes apart, each pushes (error code,) vector ----------
-        .text
+// They sit at the fixed address ISR_BASE (first in .text, see guest.ld) so the IDT below can be
+// assembled with constant gate values: no CPL0 loop fills it at start-up.
+#define ISR_BASE 0x200000
+        .section .text.isr, "ax"
         .balign 16
         .globl isr_stubs
 isr_stubs:
@@ -64,6 +72,7 @@ isr_stubs:
         .set vec, vec + 1
         .endr
 
+        .text
 isr_common:
         pushq   %rax
         pushq   %rbx
@@ -233,6 +242,26 @@ lib_gdtr:
         .word   lib_gdt_end - lib_gdt - 1
         .quad   lib_gdt
 
+// IDT: 256 interrupt gates to the stubs, DPL 0 except the CPL3 return vector 0x80 (DPL 3).
+        .balign 16
+        .globl lib_idt
+lib_idt:
+        .set vec, 0
+        .rept 256
+        .word   (ISR_BASE + 16 * vec) & 0xffff
+        .word   KERNEL_CS
+        .byte   0
+        .if vec == 0x80
+        .byte   0xee
+        .else
+        .byte   0x8e
+        .endif
+        .word   ((ISR_BASE + 16 * vec) >> 16) & 0xffff
+        .long   0
+        .long   0
+        .set vec, vec + 1
+        .endr
+
 // Page tables: PML4 -> PDPT -> 4 PDs of 2 MiB pages, identity 0-4 GiB, P|RW|US|PS; the last GiB
 // (MMIO hole) also PWT|PCD. PDPT entries 4..63 are filled by map_high().
         .section .data.pagetables, "aw"
@@ -262,7 +291,7 @@ lib_pd:
         .balign 16
         .globl entry_state
 entry_state:
-        .skip   96
+        .skip   104
         // 64-bit TSS (104 bytes) + I/O permission bitmap (8 KiB, all zero = every port allowed
         // in CPL3) + the 0xff terminator; gdt_init() sets RSP0/the map base/the terminator.
         // kvm_pvm ignores RFLAGS.IOPL in CPL3 but honours this bitmap.
