@@ -123,6 +123,20 @@ int test_main(void) {
   CHECK(rsdp_addr >= 0xe0000 && rsdp_addr < 0x100000 && !memcmp((const void *)rsdp_addr, "RSD PTR ", 8),
         "acpi_rsdp_addr points at an RSDP in 0xE0000-0xFFFFF");
 
+  // Ports nothing claims read as all-ones: COM2, COM4, LPT2, QEMU's fw_cfg.
+  static const uint16_t unclaimed[] = {0x2f8, 0x2fd, 0x2e8, 0x278, 0x510};
+  int ones = 1;
+  for (unsigned i = 0; i < ARRAY_SIZE(unclaimed); i++) {
+    uint8_t b = inb(unclaimed[i]);
+    uint16_t w = inw(unclaimed[i]);
+    uint32_t l = inl(unclaimed[i]);
+    if (b != 0xff || w != 0xffff || l != 0xffffffffu) {
+      printf("port 0x%x reads 0x%x/0x%x/0x%x\n", unclaimed[i], b, w, l);
+      ones = 0;
+    }
+  }
+  CHECK(ones, "unclaimed ports read all-ones (8/16/32-bit)");
+
   uint32_t lint0 = lapic_read(LAPIC_LVT_LINT0), lint1 = lapic_read(LAPIC_LVT_LINT1);
   printf("LAPIC id %u version 0x%x LINT0 0x%x LINT1 0x%x SVR 0x%x\n", lapic_id(), lapic_read(LAPIC_VERSION), lint0,
          lint1, lapic_read(LAPIC_SVR));

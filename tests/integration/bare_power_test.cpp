@@ -1,6 +1,10 @@
 // The ways a guest ends the VM: ACPI S5, i8042 reset (both exit 0) and a triple fault (non-zero,
 // with a message on stderr).
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 
 #include "pier_process.hpp"
 
@@ -40,4 +44,24 @@ TEST(BarePower, TripleFaultExitsNonZeroWithMessage) {
 TEST(BarePower, TripleFaultFromGeneralProtection) {
   PIER_REQUIRE_KVM();
   expect_triple_fault("gp");
+}
+
+TEST(BarePower, SerialToFile) {
+  PIER_REQUIRE_KVM();
+  char path[] = "/tmp/pier-serial-XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  close(fd);
+  auto r = run_bare("poweroff_s5", {"--serial", std::string("file=") + path});
+  std::string file;
+  if (FILE* f = std::fopen(path, "rb")) {
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) file.append(buf, n);
+    std::fclose(f);
+  }
+  std::remove(path);
+  EXPECT_EQ(r.exit_code, 0) << r.describe();
+  EXPECT_TRUE(has_line_starting(file, "PIER-TEST PASS poweroff_s5")) << "file: " << file << "\n" << r.describe();
+  EXPECT_EQ(r.out.find("PIER-TEST"), std::string::npos) << "guest output leaked to stdout\n" << r.describe();
 }

@@ -19,3 +19,9 @@ TEST(BareSmp, FourCpus) {
   PIER_REQUIRE_KVM();
   run_smp(4);
 }
+
+TEST(BareSmp, PowerOffFromAnApWhileTheBspHalts) {
+  PIER_REQUIRE_KVM();
+  auto r = run_bare("smp", {"--cpus", "3", "--cmdline", "cpus=3 poweroff=ap"}, std::chrono::milliseconds(30000));
+  EXPECT_TRUE(guest_passed(r, "smp"));
+}
