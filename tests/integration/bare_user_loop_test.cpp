@@ -8,4 +8,5 @@ TEST(BareUserLoop, Cpl3LoopRunsAtNativeSpeed) {
   auto r = run_bare("user_loop");
   EXPECT_TRUE(guest_passed(r, "user_loop"));
   std::cout << "[ figures  ] " << line_after(r.out, "user loop: ") << "; pier run " << r.total_s << " s\n";
+  std::cout << "[ figures  ] " << line_after(r.out, "costs: ") << "\n";
 }
