@@ -67,6 +67,28 @@ int test_main(void) {
   wr(IER, 0x00);
   CHECK(ier2 == 0x05, "IER round trip (0x%x)", ier2);
 
+  // What Linux's 8250 autoconfig probes to call it a 16550A: IER keeps only bits 3:0 (no XScale
+  // UUE bit 6), loopback MCR 0x1A gives MSR 0x90, IIR under LCR 0xBF is not 0 (no EFR), and the
+  // 16750 64-byte FIFO bit (FCR bit 5 under DLAB) does not show in IIR bit 5.
+  wr(IER, 0xf0);
+  uint8_t ier_hi = rd(IER);
+  wr(IER, 0x00);
+  CHECK(ier_hi == 0x00, "IER bits 7:4 do not exist (wrote 0xf0, read 0x%x)", ier_hi);
+  uint8_t mcr_save = rd(MCR);
+  wr(MCR, 0x1a);
+  uint8_t msr_loop = rd(MSR) & 0xf0;
+  wr(MCR, mcr_save);
+  CHECK(msr_loop == 0x90, "8250 loop test: MCR 0x1a -> MSR & 0xf0 = 0x90 (0x%x)", msr_loop);
+  wr(LCR, 0xbf);
+  uint8_t efr = rd(2);
+  wr(LCR, 0x80);
+  wr(FCR, 0x07 | 0x20);
+  uint8_t iir_64 = rd(IIR);
+  wr(LCR, 0x03);
+  wr(FCR, 0x07);
+  CHECK(efr != 0, "no EFR: register 2 under LCR 0xbf is not 0 (0x%x)", efr);
+  CHECK((iir_64 >> 5) == 6, "not a 16750: IIR bits 7:5 = 110 after FCR bit 5 under DLAB (IIR 0x%x)", iir_64);
+
   // FIFO enable -> IIR bits 7:6 = 11, no interrupt pending (bit 0 = 1).
   wr(FCR, 0x07);
   uint8_t iir = rd(IIR);

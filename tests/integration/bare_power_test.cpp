@@ -22,8 +22,11 @@ TEST(BarePower, I8042ResetExitsZero) {
   EXPECT_TRUE(guest_passed(r, "reset_i8042"));
 }
 
-static void expect_triple_fault(const std::string& how) {
-  auto r = run_bare("triple_fault", {"--cmdline", "how=" + how});
+static void expect_triple_fault(const std::string& how, const std::vector<std::string>& extra = {},
+                                const std::string& cmdline = "") {
+  std::vector<std::string> args{"--cmdline", "how=" + how + cmdline};
+  args.insert(args.end(), extra.begin(), extra.end());
+  auto r = run_bare("triple_fault", args);
   EXPECT_FALSE(r.timed_out) << r.describe();
   EXPECT_TRUE(has_line_starting(r.out, "PIER-TEST ARMED triple_fault")) << r.describe();
   EXPECT_FALSE(has_line_starting(r.out, "PIER-TEST FAIL")) << r.describe();
@@ -44,6 +47,11 @@ TEST(BarePower, TripleFaultExitsNonZeroWithMessage) {
 TEST(BarePower, TripleFaultFromGeneralProtection) {
   PIER_REQUIRE_KVM();
   expect_triple_fault("gp");
+}
+
+TEST(BarePower, TripleFaultOnAnApEndsTheVm) {
+  PIER_REQUIRE_KVM();
+  expect_triple_fault("ud2", {"--cpus", "2"}, " cpu=ap");
 }
 
 TEST(BarePower, SerialToFile) {
