@@ -65,5 +65,18 @@ int test_main(void) {
            j.write_cycles / khz, j.read_cycles / khz, j.bad, j.sum);
     CHECK(j.bad == 0, "pattern over %lu MiB at 0x%lx reads back (first bad at 0x%lx)", half >> 20, j.base, j.first_bad);
   }
+
+  // Just past the end of RAM and inside the hole nothing is RAM: a write must not reach any
+  // memory (and must not upset pier), a read shows what pier returns for unclaimed MMIO.
+  uint64_t past = high_base + high_size;
+  if (!map_high(past, 4096)) {
+    volatile uint32_t *p = (volatile uint32_t *)past;
+    *p = 0x12345678;
+    uint32_t v = *p;
+    printf("past the end of RAM (0x%lx): wrote 0x12345678, read 0x%x\n", past, v);
+    CHECK(v != 0x12345678, "0x%lx (just past RAM) is not RAM", past);
+  }
+  volatile uint32_t *hole = (volatile uint32_t *)0xfebff000ull;
+  printf("unclaimed MMIO in the hole (0xfebff000) reads 0x%x\n", *hole);
   return 0;
 }
