@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <array>
-#include <climits>
 #include <cstring>
 #include <memory>
 
@@ -83,6 +82,37 @@ void check_length(Compression c, uint64_t produced, uint64_t recorded) {
   }
 }
 
+// Decoded bytes go through here: never more than the recorded size reaches the sink, so a
+// corrupt or hostile payload cannot make pier produce more than it announced.
+class Output {
+ public:
+  Output(Compression c, uint64_t recorded, const DecompressSink& sink)
+      : compression_(c), recorded_(recorded), sink_(sink) {}
+  void emit(const uint8_t* data, uint64_t size) {
+    if (size > recorded_ - total_) throw_too_long(compression_, recorded_);
+    total_ += size;
+    if (size > 0) sink_(std::span<const uint8_t>(data, size));
+  }
+  uint64_t finish() const {
+    check_length(compression_, total_, recorded_);
+    return total_;
+  }
+  uint64_t recorded() const { return recorded_; }
+
+ private:
+  Compression compression_;
+  uint64_t recorded_;
+  uint64_t total_ = 0;
+  const DecompressSink& sink_;
+};
+
+// Decoders write into this and hand it to the sink; reused, so only its pages are faulted in
+// once however large the kernel is. Not zero-initialised: decoders write before anything reads.
+constexpr uint64_t kChunk = uint64_t{1} << 20;
+std::unique_ptr<uint8_t[]> scratch(uint64_t size) {
+  return std::make_unique_for_overwrite<uint8_t[]>(size);
+}
+
 // ---- gzip (zlib). The size trailer is the gzip ISIZE field, part of the stream. ----
 struct Inflater {
   z_stream stream{};
@@ -95,30 +125,31 @@ struct Inflater {
   Inflater& operator=(const Inflater&) = delete;
 };
 
-void gunzip(std::span<const uint8_t> in, std::span<uint8_t> out) {
-  // Both fit in uInt: payload_length is a u32 and out is capped at kMaxDecompressedKernel.
+uint64_t gunzip(std::span<const uint8_t> in, Output& out) {
+  const auto buffer = scratch(kChunk);
   Inflater z;
   z.stream.next_in = const_cast<Bytef*>(in.data());  // zlib's API is not const-correct
-  z.stream.avail_in = static_cast<uInt>(in.size());
-  // zlib wants a non-null output pointer even for an empty buffer.
-  uint8_t dummy = 0;
-  z.stream.next_out = out.empty() ? &dummy : out.data();
-  z.stream.avail_out = static_cast<uInt>(out.size());
-  const int ret = inflate(&z.stream, Z_FINISH);
-  switch (ret) {
-    case Z_STREAM_END:
-      check_length(Compression::kGzip, z.stream.total_out, out.size());
-      return;
-    case Z_BUF_ERROR:
-      if (z.stream.avail_out == 0) throw_too_long(Compression::kGzip, out.size());
-      throw_truncated(Compression::kGzip, z.stream.total_in);
-    case Z_MEM_ERROR:
-      throw Error("zlib: out of memory while decompressing the kernel");
-    default:
-      throw_corrupt(
-          Compression::kGzip,
-          fmt::format("{} after {} input bytes",
-                      z.stream.msg != nullptr ? z.stream.msg : "bad data", z.stream.total_in));
+  z.stream.avail_in = static_cast<uInt>(in.size());  // < 4 GiB, checked by the caller
+  for (;;) {
+    z.stream.next_out = buffer.get();
+    z.stream.avail_out = static_cast<uInt>(kChunk);
+    const int ret = inflate(&z.stream, Z_NO_FLUSH);
+    if (ret == Z_OK || ret == Z_STREAM_END) out.emit(buffer.get(), kChunk - z.stream.avail_out);
+    switch (ret) {
+      case Z_OK:
+        continue;  // more output; out of input shows up as Z_BUF_ERROR on the next call
+      case Z_STREAM_END:
+        return out.finish();
+      case Z_BUF_ERROR:
+        throw_truncated(Compression::kGzip, z.stream.total_in);
+      case Z_MEM_ERROR:
+        throw Error("zlib: out of memory while decompressing the kernel");
+      default:
+        throw_corrupt(
+            Compression::kGzip,
+            fmt::format("{} after {} input bytes",
+                        z.stream.msg != nullptr ? z.stream.msg : "bad data", z.stream.total_in));
+    }
   }
 }
 
@@ -131,7 +162,8 @@ struct LzmaStream {
   LzmaStream& operator=(const LzmaStream&) = delete;
 };
 
-void unxz(std::span<const uint8_t> in, std::span<uint8_t> out) {
+uint64_t unxz(std::span<const uint8_t> in, Output& out) {
+  const auto buffer = scratch(kChunk);
   LzmaStream s;
   // Not LZMA_CONCATENATED: the kernel's decoder stops at the end of the first stream, and the
   // size trailer that follows it is not xz data.
@@ -140,20 +172,19 @@ void unxz(std::span<const uint8_t> in, std::span<uint8_t> out) {
   }
   s.stream.next_in = in.data();
   s.stream.avail_in = in.size();
-  s.stream.next_out = out.data();
-  s.stream.avail_out = out.size();
   for (;;) {
+    s.stream.next_out = buffer.get();
+    s.stream.avail_out = kChunk;
     const lzma_ret ret = lzma_code(&s.stream, LZMA_FINISH);
+    if (ret == LZMA_OK || ret == LZMA_STREAM_END) {
+      out.emit(buffer.get(), kChunk - s.stream.avail_out);
+    }
     switch (ret) {
       case LZMA_OK:
-        // Progress was made. Even with the output full, the index and footer may remain; a
-        // stream that really needs more room ends in LZMA_BUF_ERROR on the next call.
-        continue;
+        continue;  // out of input shows up as LZMA_BUF_ERROR on the next call
       case LZMA_STREAM_END:
-        check_length(Compression::kXz, s.stream.total_out, out.size());
-        return;
+        return out.finish();
       case LZMA_BUF_ERROR:
-        if (s.stream.avail_out == 0) throw_too_long(Compression::kXz, out.size());
         throw_truncated(Compression::kXz, s.stream.total_in);
       case LZMA_MEMLIMIT_ERROR:
         throw Error(fmt::format(
@@ -179,11 +210,11 @@ void unxz(std::span<const uint8_t> in, std::span<uint8_t> out) {
 
 // ---- lz4 legacy frame, parsed like lib/decompress_unlz4.c: the trailer is not part of the
 // stream, magics between blocks are skipped, and the blocks must end exactly at the payload
-// end. ----
-void unlz4_legacy(std::span<const uint8_t> in, std::span<uint8_t> out) {
+// end. Each block is one LZ4 block that must be decoded whole, hence the 8 MiB buffer. ----
+uint64_t unlz4_legacy(std::span<const uint8_t> in, Output& out) {
   const auto block_bound = static_cast<uint64_t>(LZ4_compressBound(int{kLz4LegacyBlockMax}));
+  const auto buffer = scratch(kLz4LegacyBlockMax);
   uint64_t pos = 4;  // the magic, checked by detect_compression
-  uint64_t out_pos = 0;
   uint64_t block = 0;
   while (pos < in.size()) {
     if (in.size() - pos < 4) throw_truncated(Compression::kLz4, pos);
@@ -197,36 +228,29 @@ void unlz4_legacy(std::span<const uint8_t> in, std::span<uint8_t> out) {
                                 block, pos - 4, size));
     }
     if (size > in.size() - pos) throw_truncated(Compression::kLz4, in.size());
-    const uint64_t room = std::min(kLz4LegacyBlockMax, out.size() - out_pos);
     const int n = LZ4_decompress_safe(reinterpret_cast<const char*>(in.data() + pos),
-                                      reinterpret_cast<char*>(out.data() + out_pos),
-                                      static_cast<int>(size), static_cast<int>(room));
+                                      reinterpret_cast<char*>(buffer.get()), static_cast<int>(size),
+                                      int{kLz4LegacyBlockMax});
     if (n < 0) {
-      // LZ4 cannot tell "bad data" from "needs more room"; name both when room was short.
-      if (room < kLz4LegacyBlockMax) {
-        throw_corrupt(Compression::kLz4,
-                      fmt::format("block {} at byte {} does not decode, or decodes past the {} "
-                                  "bytes recorded at the payload end",
-                                  block, pos - 4, out.size()));
-      }
       throw_corrupt(Compression::kLz4,
                     fmt::format("block {} at byte {} does not decode", block, pos - 4));
     }
-    out_pos += static_cast<uint64_t>(n);
+    out.emit(buffer.get(), static_cast<uint64_t>(n));
     pos += size;
     ++block;
   }
-  check_length(Compression::kLz4, out_pos, out.size());
+  return out.finish();
 }
 
-// ---- zstd. Like lib/decompress_unzstd.c: one frame, decoded in a single pass into the output
-// (which also serves as the window, so frames without a content size and with the --ultra 128 MiB
-// window need no extra buffer). The size trailer after the frame is ignored. ----
+// ---- zstd. Like lib/decompress_unzstd.c: one frame, decoded in a single pass into a buffer of
+// the recorded size. That needs no window buffer besides the output (a streaming decoder would
+// allocate and fault in up to the --ultra 128 MiB window) and works for frames without a
+// content size. The size trailer after the frame is ignored. ----
 struct ZstdDctxDeleter {
   void operator()(ZSTD_DCtx* dctx) const { ZSTD_freeDCtx(dctx); }
 };
 
-void unzstd(std::span<const uint8_t> in, std::span<uint8_t> out) {
+uint64_t unzstd(std::span<const uint8_t> in, Output& out) {
   const size_t frame = ZSTD_findFrameCompressedSize(in.data(), in.size());
   if (ZSTD_isError(frame)) {
     if (ZSTD_getErrorCode(frame) == ZSTD_error_srcSize_wrong) {
@@ -236,14 +260,16 @@ void unzstd(std::span<const uint8_t> in, std::span<uint8_t> out) {
   }
   std::unique_ptr<ZSTD_DCtx, ZstdDctxDeleter> dctx(ZSTD_createDCtx());
   if (!dctx) throw Error("libzstd: out of memory while decompressing the kernel");
-  const size_t n = ZSTD_decompressDCtx(dctx.get(), out.data(), out.size(), in.data(), frame);
+  const auto buffer = scratch(std::max<uint64_t>(out.recorded(), 1));
+  const size_t n = ZSTD_decompressDCtx(dctx.get(), buffer.get(), out.recorded(), in.data(), frame);
   if (ZSTD_isError(n)) {
     if (ZSTD_getErrorCode(n) == ZSTD_error_dstSize_tooSmall) {
-      throw_too_long(Compression::kZstd, out.size());
+      throw_too_long(Compression::kZstd, out.recorded());
     }
     throw_corrupt(Compression::kZstd, ZSTD_getErrorName(n));
   }
-  check_length(Compression::kZstd, n, out.size());
+  out.emit(buffer.get(), n);
+  return out.finish();
 }
 
 }  // namespace
@@ -330,16 +356,14 @@ Compression check_format(std::span<const uint8_t> payload) {
 
 }  // namespace
 
-void decompress_kernel_payload_into(std::span<const uint8_t> payload, std::span<uint8_t> out) {
-  const uint64_t recorded = decompressed_size(payload, UINT64_MAX);
-  if (out.size() != recorded) {
-    throw Error(fmt::format("internal: kernel payload output buffer is {} bytes, expected {}",
-                            out.size(), recorded));
-  }
+uint64_t decompress_kernel_payload_to(std::span<const uint8_t> payload, const DecompressSink& sink,
+                                      uint64_t max_output) {
+  const uint64_t recorded = decompressed_size(payload, max_output);
   if (payload.size() > UINT32_MAX) {
     throw Error("kernel payload is larger than 4 GiB; the image is corrupt");
   }
   const Compression c = check_format(payload);
+  Output out(c, recorded, sink);
   const auto without_trailer = payload.first(payload.size() - kSizeTrailer);
   switch (c) {
     case Compression::kGzip:
@@ -353,6 +377,7 @@ void decompress_kernel_payload_into(std::span<const uint8_t> payload, std::span<
     default:
       break;
   }
+  throw Error("internal: unhandled kernel payload compression");
 }
 
 std::vector<uint8_t> decompress_kernel_payload(std::span<const uint8_t> payload,
@@ -360,8 +385,12 @@ std::vector<uint8_t> decompress_kernel_payload(std::span<const uint8_t> payload,
   // Format first, so an unsupported payload fails before a large allocation.
   const uint64_t size = decompressed_size(payload, max_output);
   check_format(payload);
-  std::vector<uint8_t> out(size);
-  decompress_kernel_payload_into(payload, out);
+  std::vector<uint8_t> out;
+  out.reserve(size);
+  decompress_kernel_payload_to(
+      payload,
+      [&](std::span<const uint8_t> chunk) { out.insert(out.end(), chunk.begin(), chunk.end()); },
+      max_output);
   return out;
 }
 

@@ -52,15 +52,19 @@ bool is_elf(std::span<const uint8_t> file) noexcept {
 }
 
 ElfImage parse_elf64(std::span<const uint8_t> file) {
-  if (!is_elf(file)) {
+  return parse_elf64_headers(file, file.size());
+}
+
+ElfImage parse_elf64_headers(std::span<const uint8_t> head, uint64_t file_size) {
+  if (!is_elf(head)) {
     throw Error("kernel image is not an ELF file (no \\x7fELF magic); pass an x86-64 vmlinux");
   }
-  if (file.size() < sizeof(Elf64_Ehdr)) {
+  if (head.size() < sizeof(Elf64_Ehdr)) {
     throw Error(fmt::format(
         "ELF kernel is truncated: {} bytes is shorter than the 64-byte ELF header; re-copy it",
-        file.size()));
+        head.size()));
   }
-  const auto eh = read_struct<Elf64_Ehdr>(file, 0);
+  const auto eh = read_struct<Elf64_Ehdr>(head, 0);
   if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_ident[EI_DATA] != ELFDATA2LSB) {
     throw Error(
         "ELF kernel is not a 64-bit little-endian ELF (ELFCLASS64/ELFDATA2LSB); pass an x86-64 "
@@ -94,27 +98,31 @@ ElfImage parse_elf64(std::span<const uint8_t> file) {
   }
   // phnum and phentsize are 16-bit, so the table size cannot overflow; compare without adding.
   const uint64_t table_size = uint64_t{eh.e_phnum} * eh.e_phentsize;
-  if (eh.e_phoff > file.size() || table_size > file.size() - eh.e_phoff) {
+  if (eh.e_phoff > file_size || table_size > file_size - eh.e_phoff) {
     throw Error(fmt::format(
         "ELF kernel is truncated: program headers at offset {:#x} ({} bytes) end past the "
         "{}-byte file; re-copy it",
-        eh.e_phoff, table_size, file.size()));
+        eh.e_phoff, table_size, file_size));
+  }
+  if (eh.e_phoff + table_size > head.size()) {
+    throw Error(fmt::format("internal: ELF headers parsed from {} bytes, program headers end at {}",
+                            head.size(), eh.e_phoff + table_size));
   }
 
   ElfImage image;
   for (uint64_t i = 0; i < eh.e_phnum; ++i) {
-    const auto ph = read_struct<Elf64_Phdr>(file, eh.e_phoff + i * eh.e_phentsize);
+    const auto ph = read_struct<Elf64_Phdr>(head, eh.e_phoff + i * eh.e_phentsize);
     if (ph.p_type != PT_LOAD || ph.p_memsz == 0) continue;
     if (ph.p_filesz > ph.p_memsz) {
       throw Error(fmt::format(
           "ELF kernel segment {} has p_filesz {:#x} > p_memsz {:#x}; the file is corrupt", i,
           ph.p_filesz, ph.p_memsz));
     }
-    if (ph.p_offset > file.size() || ph.p_filesz > file.size() - ph.p_offset) {
+    if (ph.p_offset > file_size || ph.p_filesz > file_size - ph.p_offset) {
       throw Error(fmt::format(
           "ELF kernel segment {} (file offset {:#x}, {} bytes) extends past the {}-byte file; "
           "the file is truncated, re-copy it",
-          i, ph.p_offset, ph.p_filesz, file.size()));
+          i, ph.p_offset, ph.p_filesz, file_size));
     }
     if (ph.p_memsz > UINT64_MAX - ph.p_paddr) {
       throw Error(fmt::format(
@@ -167,11 +175,13 @@ ElfImage parse_elf64(std::span<const uint8_t> file) {
   return image;
 }
 
-void load_elf(const GuestMemory& memory, std::span<const uint8_t> file, const ElfImage& image) {
-  // Validate everything first so that a bad segment leaves guest memory untouched.
+namespace {
+
+// Everything that could make loading fail, checked before the first byte is written.
+void check_placement(const GuestMemory& memory, const ElfImage& image) {
   for (size_t i = 0; i < image.segments.size(); ++i) {
     const auto& s = image.segments[i];
-    const uint64_t end = s.paddr + s.memsz;  // no overflow: checked by parse_elf64
+    const uint64_t end = s.paddr + s.memsz;  // no overflow: checked by parse_elf64_headers
     if (s.paddr < layout::kLowRamEnd) {
       throw Error(fmt::format(
           "kernel ELF segment {} at {} overlaps pier's boot area below 1 MiB (zero page, page "
@@ -179,15 +189,98 @@ void load_elf(const GuestMemory& memory, std::span<const uint8_t> file, const El
           i, range(s.paddr, end), layout::kLowRamEnd));
     }
     if (!memory.contains(s.paddr, s.memsz)) throw_outside_ram(memory, i, s.paddr, end);
+  }
+}
+
+// Copies the part of [offset, offset + bytes.size()) of the file that lies in segments' file
+// ranges to their guest addresses (a byte in two segments goes to both).
+void copy_to_segments(const GuestMemory& memory, const ElfImage& image, uint64_t offset,
+                      std::span<const uint8_t> bytes) {
+  const uint64_t end = offset + bytes.size();
+  for (const auto& s : image.segments) {
+    const uint64_t lo = std::max(offset, s.offset);
+    const uint64_t hi = std::min(end, s.offset + s.filesz);  // offset + filesz <= file size
+    if (lo >= hi) continue;
+    memory.load(s.paddr + (lo - s.offset), bytes.subspan(lo - offset, hi - lo),
+                "kernel ELF segment");
+  }
+}
+
+void zero_bss(const GuestMemory& memory, const ElfImage& image) {
+  for (const auto& s : image.segments) {
+    memory.fill(s.paddr + s.filesz, s.memsz - s.filesz, 0, "kernel ELF bss");
+  }
+}
+
+// Program headers further into a file than this are not worth buffering a stream for; linkers
+// put them right after the ELF header.
+constexpr uint64_t kMaxStreamHeaderBytes = uint64_t{1} << 20;
+
+}  // namespace
+
+void load_elf(const GuestMemory& memory, std::span<const uint8_t> file, const ElfImage& image) {
+  check_placement(memory, image);
+  for (const auto& s : image.segments) {
     if (s.offset > file.size() || s.filesz > file.size() - s.offset) {
       throw Error("internal: ELF segment outside the file it was parsed from");
     }
   }
-  for (size_t i = 0; i < image.segments.size(); ++i) {
-    const auto& s = image.segments[i];
-    memory.load(s.paddr, file.subspan(s.offset, s.filesz), "kernel ELF segment");
-    memory.fill(s.paddr + s.filesz, s.memsz - s.filesz, 0, "kernel ELF bss");
+  copy_to_segments(memory, image, 0, file);
+  zero_bss(memory, image);
+}
+
+ElfStreamLoader::ElfStreamLoader(const GuestMemory& memory, uint64_t file_size, std::string what)
+    : memory_(memory), file_size_(file_size), what_(std::move(what)) {}
+
+void ElfStreamLoader::write(std::span<const uint8_t> chunk) {
+  if (chunk.size() > file_size_ - received_) {
+    throw Error(fmt::format("internal: {} stream is longer than {} bytes", what_, file_size_));
   }
+  const uint64_t offset = received_;
+  received_ += chunk.size();
+  if (image_) {
+    copy_to_segments(memory_, *image_, offset, chunk);
+    return;
+  }
+  head_.insert(head_.end(), chunk.begin(), chunk.end());
+  if (head_.size() >= SELFMAG && !is_elf(head_)) parse_headers();  // throws: fail early
+  if (head_.size() < sizeof(Elf64_Ehdr)) return;
+  const auto eh = read_struct<Elf64_Ehdr>(head_, 0);
+  const uint64_t table_size = uint64_t{eh.e_phnum} * eh.e_phentsize;
+  // Past the end of the file: let the parser say why. Otherwise wait for the whole table.
+  const bool impossible = eh.e_phoff > file_size_ || table_size > file_size_ - eh.e_phoff;
+  const uint64_t needed = impossible ? 0 : eh.e_phoff + table_size;
+  if (!impossible && needed > head_.size()) {
+    if (needed > kMaxStreamHeaderBytes) {
+      throw Error(
+          fmt::format("{}: ELF program headers end at offset {:#x}, beyond the first "
+                      "{} bytes pier reads them from; relink the kernel",
+                      what_, needed, kMaxStreamHeaderBytes));
+    }
+    return;
+  }
+  parse_headers();
+}
+
+void ElfStreamLoader::parse_headers() {
+  try {
+    image_ = parse_elf64_headers(head_, file_size_);
+  } catch (const Error& e) {
+    throw Error(fmt::format("{} does not hold a usable kernel: {}", what_, e.what()));
+  }
+  check_placement(memory_, *image_);
+  copy_to_segments(memory_, *image_, 0, head_);
+  head_ = {};
+}
+
+ElfImage ElfStreamLoader::finish() {
+  if (received_ != file_size_) {
+    throw Error(fmt::format("internal: {} stream ended after {} of {} bytes", what_, received_,
+                            file_size_));
+  }
+  if (!image_) parse_headers();  // throws: the whole file is shorter than its headers
+  zero_bss(memory_, *image_);
+  return *image_;
 }
 
 }  // namespace pier::boot

@@ -3,7 +3,9 @@
 // physical address the way the kernel's own decompressor (arch/x86/boot/compressed/misc.c
 // parse_elf) and Firecracker place vmlinux: each PT_LOAD segment at p_paddr, bss zeroed.
 #include <cstdint>
+#include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "vmm/guest_memory.hpp"
@@ -37,10 +39,42 @@ bool is_elf(std::span<const uint8_t> file) noexcept;
 // the entry must lie in one of them. Throws pier::Error with one actionable line otherwise.
 ElfImage parse_elf64(std::span<const uint8_t> file);
 
+// The same from the first bytes of a file of `file_size` bytes: `head` must reach past the
+// program header table (segment bytes are not read, only checked against `file_size`).
+ElfImage parse_elf64_headers(std::span<const uint8_t> head, uint64_t file_size);
+
 // Checks every segment against guest RAM (inside one RAM region, not below 1 MiB where pier keeps
 // the zero page, page tables and ACPI tables) before writing anything, then copies each segment
 // to its paddr through GuestMemory and zero-fills its bss. `file` must be the bytes `image` was
 // parsed from.
 void load_elf(const GuestMemory& memory, std::span<const uint8_t> file, const ElfImage& image);
+
+// Loads an ELF file that arrives as a stream (the decompressed bzImage payload) without holding
+// it: the headers are buffered until complete, then parsed and every segment checked against
+// guest RAM before anything is written; from then on each byte goes straight to the guest address
+// of the segment(s) holding it, and finish() zero-fills the bss. A stream that turns out bad
+// later may have written part of the kernel already; the caller abandons the guest on any error.
+class ElfStreamLoader {
+ public:
+  // `file_size`: the stream's total length. `what` prefixes header errors ("bzImage payload").
+  ElfStreamLoader(const GuestMemory& memory, uint64_t file_size, std::string what);
+
+  // The next bytes of the file, in order.
+  void write(std::span<const uint8_t> chunk);
+  // After the whole file was written: zero-fills the bss and returns the parsed image. Throws
+  // pier::Error when the stream was short or never held complete headers.
+  ElfImage finish();
+
+ private:
+  void parse_headers();
+  void route(uint64_t offset, std::span<const uint8_t> bytes) const;
+
+  const GuestMemory& memory_;
+  uint64_t file_size_;
+  std::string what_;
+  uint64_t received_ = 0;
+  std::vector<uint8_t> head_;  // bytes before the headers were complete
+  std::optional<ElfImage> image_;
+};
 
 }  // namespace pier::boot

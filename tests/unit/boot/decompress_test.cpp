@@ -336,14 +336,56 @@ TEST(Decompress, RejectsTooShortAndTooLargePayloadsBeforeAllocating) {
       Error);
 }
 
-TEST(Decompress, IntoCallerStorageNeedsTheRecordedSize) {
-  const auto data = sample_data(4096, 10);
-  const auto payload = compress_payload(Compression::kZstd, data);
-  std::vector<uint8_t> out(data.size());
-  decompress_kernel_payload_into(payload, out);
-  EXPECT_EQ(out, data);
-  std::vector<uint8_t> wrong(data.size() + 1);
-  EXPECT_THROW(decompress_kernel_payload_into(payload, wrong), Error);
+TEST(Decompress, StreamsChunksInOrderToTheSink) {
+  for (const Compression c : kSupported) {
+    SCOPED_TRACE(std::string(compression_name(c)));
+    // More than one chunk: 1 MiB for gzip and xz, one 8 MiB block for lz4; zstd decodes in one
+    // pass.
+    const bool lz4 = c == Compression::kLz4;
+    const auto data = sample_data(lz4 ? (9 << 20) + 77 : (3 << 20) + 77, 10);
+    const auto payload = compress_payload(c, data);
+    std::vector<uint8_t> got;
+    size_t chunks = 0;
+    const uint64_t total =
+        decompress_kernel_payload_to(payload, [&](std::span<const uint8_t> chunk) {
+          EXPECT_FALSE(chunk.empty());
+          if (c != Compression::kZstd) {
+            EXPECT_LE(chunk.size(), lz4 ? 8u << 20 : 1u << 20);
+          }
+          got.insert(got.end(), chunk.begin(), chunk.end());
+          ++chunks;
+        });
+    EXPECT_EQ(total, data.size());
+    EXPECT_EQ(got, data);
+    EXPECT_EQ(chunks > 1, c != Compression::kZstd);
+  }
+}
+
+TEST(Decompress, NeverDeliversMoreThanTheRecordedSize) {
+  const auto data = sample_data(3 << 20, 12);
+  for (const Compression c : kSupported) {
+    SCOPED_TRACE(std::string(compression_name(c)));
+    if (c == Compression::kGzip) continue;  // ISIZE is checked by zlib itself
+    auto payload = compress_payload(c, data);
+    replace_trailer(payload, 100000);
+    uint64_t delivered = 0;
+    EXPECT_THROW(decompress_kernel_payload_to(
+                     payload, [&](std::span<const uint8_t> chunk) { delivered += chunk.size(); }),
+                 Error);
+    EXPECT_LE(delivered, 100000u);
+  }
+}
+
+TEST(Decompress, SinkErrorsAbortDecompression) {
+  const auto payload = compress_payload(Compression::kXz, sample_data(3 << 20, 13));
+  int calls = 0;
+  EXPECT_THROW(decompress_kernel_payload_to(payload,
+                                            [&](std::span<const uint8_t>) {
+                                              ++calls;
+                                              throw Error("sink says no");
+                                            }),
+               Error);
+  EXPECT_EQ(calls, 1);
 }
 
 TEST(Decompress, ZstdFrameWithContentSize) {

@@ -309,5 +309,92 @@ TEST(Elf, LoadRejectsSegmentsInTheMmioHoleAndAbove4GiB) {
   EXPECT_EQ(memory.read_obj<uint8_t>(layout::kHighRamStart), pattern(1, 1)[0]);
 }
 
+// ---- ElfStreamLoader: the same result from a stream in arbitrary pieces. ----
+
+void stream(ElfStreamLoader& loader, std::span<const uint8_t> file, size_t piece) {
+  for (size_t pos = 0; pos < file.size(); pos += piece) {
+    loader.write(file.subspan(pos, std::min(piece, file.size() - pos)));
+  }
+}
+
+TEST(ElfStream, LoadsLikeLoadElfWhateverTheChunking) {
+  auto file = test_images::make_kernel_elf(16 * MiB, 10000, 50000);
+  auto reference = GuestMemory::create(64 * MiB);
+  reference.fill(16 * MiB, 0x20000, 0xcc, "dirt");
+  load_elf(reference, file, parse_elf64(file));
+  const auto expected = *reference.slice(16 * MiB, 0x20000);
+  for (const size_t piece : {size_t{1}, size_t{7}, size_t{63}, size_t{4096}, file.size()}) {
+    SCOPED_TRACE(piece);
+    auto memory = GuestMemory::create(64 * MiB);
+    memory.fill(16 * MiB, 0x20000, 0xcc, "dirt");  // bss must be zeroed by finish()
+    ElfStreamLoader loader(memory, file.size(), "test stream");
+    stream(loader, file, piece);
+    const ElfImage image = loader.finish();
+    EXPECT_EQ(image.entry, 16 * MiB);
+    EXPECT_EQ(image.segments.size(), 2u);
+    const auto got = *memory.slice(16 * MiB, 0x20000);
+    EXPECT_TRUE(std::equal(got.begin(), got.end(), expected.begin()));
+    EXPECT_EQ(got[image.highest_end - 16 * MiB], 0xcc);  // past the bss: untouched
+  }
+}
+
+TEST(ElfStream, SegmentsThatIncludeTheHeadersGetThemToo) {
+  // Like many linker scripts: the first PT_LOAD starts at file offset 0.
+  auto file = two_segment_elf();
+  const uint64_t data_offset =
+      *reinterpret_cast<const uint64_t*>(file.data() + phdr(0, offsetof(Elf64_Phdr, p_offset)));
+  poke<uint64_t>(file, phdr(0, offsetof(Elf64_Phdr, p_offset)), 0);
+  poke<uint64_t>(file, phdr(0, offsetof(Elf64_Phdr, p_filesz)), data_offset + 5000);
+  poke<uint64_t>(file, phdr(0, offsetof(Elf64_Phdr, p_memsz)), data_offset + 5000);
+  auto memory = GuestMemory::create(64 * MiB);
+  ElfStreamLoader loader(memory, file.size(), "test stream");
+  stream(loader, file, 5);
+  loader.finish();
+  std::vector<uint8_t> got(data_offset + 5000);
+  ASSERT_TRUE(memory.read(0x200000, got));
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), file.begin()));
+}
+
+TEST(ElfStream, RejectsANonElfStreamAtOnce) {
+  auto memory = GuestMemory::create(64 * MiB);
+  ElfStreamLoader loader(memory, 1 << 20, "bzImage payload");
+  const std::vector<uint8_t> junk(8, 0x42);
+  const auto msg = error_of([&] { loader.write(junk); });
+  expect_contains(msg, "bzImage payload does not hold a usable kernel: kernel image is not an ELF");
+}
+
+TEST(ElfStream, RejectsStreamsThatEndBeforeTheHeaders) {
+  auto memory = GuestMemory::create(64 * MiB);
+  const auto file = two_segment_elf();
+  ElfStreamLoader loader(memory, 40, "bzImage payload");
+  loader.write(std::span(file).first(40));
+  expect_contains(error_of([&] { loader.finish(); }), "truncated");
+
+  ElfStreamLoader short_stream(memory, file.size(), "bzImage payload");
+  short_stream.write(std::span(file).first(100));
+  expect_contains(error_of([&] { short_stream.finish(); }), "stream ended after 100");
+
+  ElfStreamLoader long_stream(memory, 10, "bzImage payload");
+  EXPECT_THROW(long_stream.write(std::span(file).first(11)), Error);
+}
+
+TEST(ElfStream, RejectsProgramHeadersFarIntoTheFile) {
+  auto memory = GuestMemory::create(64 * MiB);
+  auto file = two_segment_elf();
+  poke<uint64_t>(file, offsetof(Elf64_Ehdr, e_phoff), 2 << 20);
+  ElfStreamLoader loader(memory, 4 << 20, "bzImage payload");
+  expect_contains(error_of([&] { loader.write(file); }), "beyond the first 1048576 bytes");
+}
+
+TEST(ElfStream, ChecksPlacementBeforeWritingAnything) {
+  auto memory = GuestMemory::create(64 * MiB);
+  const auto file = build_elf(
+      0x100000, {{.paddr = 0x100000, .vaddr = 0x100000, .data = pattern(64, 1), .memsz = 64},
+                 {.paddr = 60 * MiB, .vaddr = 60 * MiB, .data = pattern(64, 2), .memsz = 8 * MiB}});
+  ElfStreamLoader loader(memory, file.size(), "bzImage payload");
+  expect_contains(error_of([&] { loader.write(file); }), "beyond guest RAM");
+  EXPECT_EQ(memory.read_obj<uint8_t>(0x100000), 0);
+}
+
 }  // namespace
 }  // namespace pier::boot
