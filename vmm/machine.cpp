@@ -1,13 +1,14 @@
 #include "vmm/machine.hpp"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 
 #include <cstring>
 #include <fstream>
-#include <iterator>
 
 #include "boot/acpi.hpp"
 #include "boot/cpu_setup.hpp"
@@ -36,11 +37,22 @@ void install_kick_handler() {
 }
 
 std::vector<uint8_t> read_file(const std::string& path, std::string_view what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw system_error(fmt::format("cannot read {} '{}'", what, path));
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
-                             std::istreambuf_iterator<char>());
-  if (in.bad()) throw system_error(fmt::format("error reading {} '{}'", what, path));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) throw system_error(fmt::format("cannot read {} '{}'", what, path));
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0)
+    throw system_error(fmt::format("cannot stat {} '{}'", what, path));
+  if (!S_ISREG(st.st_mode)) throw Error(fmt::format("{} '{}' is not a regular file", what, path));
+  std::vector<uint8_t> bytes(static_cast<size_t>(st.st_size));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::read(fd.get(), bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw system_error(fmt::format("error reading {} '{}'", what, path));
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  bytes.resize(done);
   return bytes;
 }
 
