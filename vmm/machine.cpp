@@ -66,6 +66,13 @@ uint64_t proc_status_bytes(std::string_view key) {
   return 0;
 }
 
+// Kernel options go before " -- " (after it, words are init's arguments).
+std::string insert_kernel_options(const std::string& cmdline, const std::string& options) {
+  const size_t dashes = cmdline.find(" -- ");
+  if (dashes == std::string::npos) return cmdline + " " + options;
+  return cmdline.substr(0, dashes) + " " + options + cmdline.substr(dashes);
+}
+
 uint64_t align_down(uint64_t value, uint64_t alignment) {
   return value & ~(alignment - 1);
 }
@@ -171,6 +178,15 @@ void Machine::load_guest() {
   kernel_ = boot::load_kernel(mem, kernel_file, method);
   log::info("kernel: {}", kernel_.description);
 
+  // Host-specific kernel options apply to Linux kernels (they carry a setup header), not to
+  // bare-metal ELF guests.
+  assist_ = make_exit_assist(config_.host, mem);
+  if (const std::string extra = assist_->linux_kernel_options();
+      !extra.empty() && !kernel_.setup_header.empty()) {
+    log::debug("host profile {} adds kernel options: {}", config_.host.name(), extra);
+    config_.cmdline = insert_kernel_options(config_.cmdline, extra);
+  }
+
   // Command line, NUL-terminated, within the kernel's limit.
   if (config_.cmdline.size() > kernel_.cmdline_size ||
       config_.cmdline.size() + 1 > layout::kCmdlineMax) {
@@ -248,6 +264,7 @@ void Machine::create_vcpus() {
       vcpu->set_regs(boot::boot_regs(kernel_.entry, layout::kZeroPage));
       vcpu->set_fpu(boot::boot_fpu());
     }
+    assist_->prepare_vcpu(*vcpu);
     vcpus_.push_back(std::move(vcpu));
   }
 }
@@ -346,7 +363,13 @@ bool Machine::handle_exit(Vcpu& vcpu) {
                  run->fail_entry.hardware_entry_failure_reason, vcpu.dump());
       request_stop(StopReason::kError);
       return false;
+    case KVM_EXIT_DEBUG:
+      if (assist_->on_debug_exit(vcpu)) return true;
+      log::error("vCPU {}: unexpected debug exit\n{}", vcpu.index(), vcpu.dump());
+      request_stop(StopReason::kError);
+      return false;
     case KVM_EXIT_INTERNAL_ERROR: {
+      if (assist_->on_internal_error(vcpu)) return true;
       std::string data;
       for (uint32_t i = 0; i < std::min<uint32_t>(run->internal.ndata, 16); ++i) {
         data += fmt::format(" {:#x}", run->internal.data[i]);
@@ -414,6 +437,9 @@ int Machine::run() {
   const StopReason reason = stop_reason_.load();
   log::info("machine stopped: {}", to_string(reason));
   log_memory_footprint();
+  if (const std::string summary = assist_->summary(); !summary.empty()) {
+    log::info("host profile {}: {}", config_.host.name(), summary);
+  }
   switch (reason) {
     case StopReason::kPowerOff:
     case StopReason::kReset:

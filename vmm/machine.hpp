@@ -14,6 +14,7 @@
 #include "devices/io_bus.hpp"
 #include "devices/system_control.hpp"
 #include "vmm/event_loop.hpp"
+#include "vmm/exit_assist.hpp"
 #include "vmm/guest_memory.hpp"
 #include "vmm/host_profile.hpp"
 #include "vmm/kvm.hpp"
@@ -76,6 +77,7 @@ class Machine {
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   std::vector<std::thread> threads_;
   boot::LoadedKernel kernel_;
+  std::unique_ptr<ExitAssist> assist_;
 
   std::atomic<StopReason> stop_reason_{StopReason::kNone};
   std::atomic<bool> stopping_{false};
