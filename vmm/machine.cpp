@@ -16,6 +16,7 @@
 #include "boot/layout.hpp"
 #include "boot/zero_page.hpp"
 #include "devices/chardev/pump.hpp"
+#include "devices/pci/bus.hpp"
 #include "devices/uart16550.hpp"
 #include "vmm/error.hpp"
 #include "vmm/irq_routing.hpp"
@@ -162,6 +163,9 @@ void Machine::create_devices() {
   pio_.add(layout::kCom1, layout::kCom1Size, uart_, "COM1 16550A");
 
   pio_.add(layout::kI8042Data, 5, std::make_shared<I8042>(stop), "i8042");
+
+  pci_ = std::make_unique<pci::Bus>(layout::kPciMmioStart, layout::kPciMmioEnd);
+  pio_.add(layout::kPciConfigAddress, 8, pci_->config_io(), "PCI type-1 config");
   pio_.add(layout::kAcpiSleepControl, layout::kAcpiPortsSize,
            std::make_shared<AcpiSystemControl>(stop), "ACPI sleep/reset");
 }

@@ -24,6 +24,9 @@ namespace pier {
 namespace chardev {
 class Pump;
 }
+namespace pci {
+class Bus;
+}
 class Uart16550;
 
 enum class BootMethodChoice { kAuto, kBzImage, kDirect };
@@ -74,6 +77,7 @@ class Machine {
   IoBus mmio_{"mmio"};
   std::unique_ptr<chardev::Pump> serial_pump_;
   std::shared_ptr<Uart16550> uart_;
+  std::unique_ptr<pci::Bus> pci_;
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   std::vector<std::thread> threads_;
   boot::LoadedKernel kernel_;
