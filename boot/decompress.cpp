@@ -106,11 +106,18 @@ class Output {
   const DecompressSink& sink_;
 };
 
-// Decoders write into this and hand it to the sink; reused, so only its pages are faulted in
-// once however large the kernel is. Not zero-initialised: decoders write before anything reads.
+// Decoders write into a scratch buffer and hand it to the sink; reused, so its pages are faulted
+// in once however large the kernel is. Not zero-initialised: decoders write before anything
+// reads. Never larger than the recorded output (plus one byte, to see a stream run past it).
 constexpr uint64_t kChunk = uint64_t{1} << 20;
-std::unique_ptr<uint8_t[]> scratch(uint64_t size) {
-  return std::make_unique_for_overwrite<uint8_t[]>(size);
+struct Scratch {
+  explicit Scratch(uint64_t size)
+      : size(size), data(std::make_unique_for_overwrite<uint8_t[]>(size)) {}
+  uint64_t size;
+  std::unique_ptr<uint8_t[]> data;
+};
+Scratch scratch_for(const Output& out, uint64_t max) {
+  return Scratch(std::min(max, out.recorded() + 1));
 }
 
 // ---- gzip (zlib). The size trailer is the gzip ISIZE field, part of the stream. ----
@@ -126,15 +133,17 @@ struct Inflater {
 };
 
 uint64_t gunzip(std::span<const uint8_t> in, Output& out) {
-  const auto buffer = scratch(kChunk);
+  const Scratch buffer = scratch_for(out, kChunk);
   Inflater z;
   z.stream.next_in = const_cast<Bytef*>(in.data());  // zlib's API is not const-correct
   z.stream.avail_in = static_cast<uInt>(in.size());  // < 4 GiB, checked by the caller
   for (;;) {
-    z.stream.next_out = buffer.get();
-    z.stream.avail_out = static_cast<uInt>(kChunk);
+    z.stream.next_out = buffer.data.get();
+    z.stream.avail_out = static_cast<uInt>(buffer.size);
     const int ret = inflate(&z.stream, Z_NO_FLUSH);
-    if (ret == Z_OK || ret == Z_STREAM_END) out.emit(buffer.get(), kChunk - z.stream.avail_out);
+    if (ret == Z_OK || ret == Z_STREAM_END) {
+      out.emit(buffer.data.get(), buffer.size - z.stream.avail_out);
+    }
     switch (ret) {
       case Z_OK:
         continue;  // more output; out of input shows up as Z_BUF_ERROR on the next call
@@ -163,7 +172,7 @@ struct LzmaStream {
 };
 
 uint64_t unxz(std::span<const uint8_t> in, Output& out) {
-  const auto buffer = scratch(kChunk);
+  const Scratch buffer = scratch_for(out, kChunk);
   LzmaStream s;
   // Not LZMA_CONCATENATED: the kernel's decoder stops at the end of the first stream, and the
   // size trailer that follows it is not xz data.
@@ -173,11 +182,11 @@ uint64_t unxz(std::span<const uint8_t> in, Output& out) {
   s.stream.next_in = in.data();
   s.stream.avail_in = in.size();
   for (;;) {
-    s.stream.next_out = buffer.get();
-    s.stream.avail_out = kChunk;
+    s.stream.next_out = buffer.data.get();
+    s.stream.avail_out = buffer.size;
     const lzma_ret ret = lzma_code(&s.stream, LZMA_FINISH);
     if (ret == LZMA_OK || ret == LZMA_STREAM_END) {
-      out.emit(buffer.get(), kChunk - s.stream.avail_out);
+      out.emit(buffer.data.get(), buffer.size - s.stream.avail_out);
     }
     switch (ret) {
       case LZMA_OK:
@@ -213,7 +222,7 @@ uint64_t unxz(std::span<const uint8_t> in, Output& out) {
 // end. Each block is one LZ4 block that must be decoded whole, hence the 8 MiB buffer. ----
 uint64_t unlz4_legacy(std::span<const uint8_t> in, Output& out) {
   const auto block_bound = static_cast<uint64_t>(LZ4_compressBound(int{kLz4LegacyBlockMax}));
-  const auto buffer = scratch(kLz4LegacyBlockMax);
+  const Scratch buffer = scratch_for(out, kLz4LegacyBlockMax);
   uint64_t pos = 4;  // the magic, checked by detect_compression
   uint64_t block = 0;
   while (pos < in.size()) {
@@ -229,13 +238,19 @@ uint64_t unlz4_legacy(std::span<const uint8_t> in, Output& out) {
     }
     if (size > in.size() - pos) throw_truncated(Compression::kLz4, in.size());
     const int n = LZ4_decompress_safe(reinterpret_cast<const char*>(in.data() + pos),
-                                      reinterpret_cast<char*>(buffer.get()), static_cast<int>(size),
-                                      int{kLz4LegacyBlockMax});
+                                      reinterpret_cast<char*>(buffer.data.get()),
+                                      static_cast<int>(size), static_cast<int>(buffer.size));
     if (n < 0) {
+      // With a buffer cut down to the recorded size, LZ4 cannot tell bad data from a block that
+      // decodes to more than that; name both.
       throw_corrupt(Compression::kLz4,
-                    fmt::format("block {} at byte {} does not decode", block, pos - 4));
+                    buffer.size < kLz4LegacyBlockMax
+                        ? fmt::format("block {} at byte {} does not decode within the {} bytes "
+                                      "recorded at the payload end",
+                                      block, pos - 4, out.recorded())
+                        : fmt::format("block {} at byte {} does not decode", block, pos - 4));
     }
-    out.emit(buffer.get(), static_cast<uint64_t>(n));
+    out.emit(buffer.data.get(), static_cast<uint64_t>(n));
     pos += size;
     ++block;
   }
@@ -260,15 +275,16 @@ uint64_t unzstd(std::span<const uint8_t> in, Output& out) {
   }
   std::unique_ptr<ZSTD_DCtx, ZstdDctxDeleter> dctx(ZSTD_createDCtx());
   if (!dctx) throw Error("libzstd: out of memory while decompressing the kernel");
-  const auto buffer = scratch(std::max<uint64_t>(out.recorded(), 1));
-  const size_t n = ZSTD_decompressDCtx(dctx.get(), buffer.get(), out.recorded(), in.data(), frame);
+  const Scratch buffer(std::max<uint64_t>(out.recorded(), 1));
+  const size_t n =
+      ZSTD_decompressDCtx(dctx.get(), buffer.data.get(), out.recorded(), in.data(), frame);
   if (ZSTD_isError(n)) {
     if (ZSTD_getErrorCode(n) == ZSTD_error_dstSize_tooSmall) {
       throw_too_long(Compression::kZstd, out.recorded());
     }
     throw_corrupt(Compression::kZstd, ZSTD_getErrorName(n));
   }
-  out.emit(buffer.get(), n);
+  out.emit(buffer.data.get(), n);
   return out.finish();
 }
 
