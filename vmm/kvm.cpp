@@ -131,6 +131,47 @@ int Vm::set_irq_line(uint32_t gsi, bool level) {
   return ::ioctl(fd(), KVM_IRQ_LINE, &irq) < 0 ? errno : 0;
 }
 
+void Vm::assign_irqfd(int fd, uint32_t gsi) {
+  kvm_irqfd irqfd{};
+  irqfd.fd = static_cast<uint32_t>(fd);
+  irqfd.gsi = gsi;
+  if (::ioctl(fd_.get(), KVM_IRQFD, &irqfd) < 0) {
+    throw system_error(fmt::format("KVM_IRQFD (GSI {})", gsi));
+  }
+}
+
+void Vm::deassign_irqfd(int fd, uint32_t gsi) {
+  kvm_irqfd irqfd{};
+  irqfd.fd = static_cast<uint32_t>(fd);
+  irqfd.gsi = gsi;
+  irqfd.flags = KVM_IRQFD_FLAG_DEASSIGN;
+  ::ioctl(fd_.get(), KVM_IRQFD, &irqfd);
+}
+
+namespace {
+kvm_ioeventfd make_ioeventfd(int fd, uint64_t address, uint32_t len, bool pio) {
+  kvm_ioeventfd io{};
+  io.addr = address;
+  io.len = len;
+  io.fd = fd;
+  io.flags = pio ? KVM_IOEVENTFD_FLAG_PIO : 0;
+  return io;
+}
+}  // namespace
+
+void Vm::assign_ioeventfd(int fd, uint64_t address, uint32_t len, bool pio) {
+  kvm_ioeventfd io = make_ioeventfd(fd, address, len, pio);
+  if (::ioctl(fd_.get(), KVM_IOEVENTFD, &io) < 0) {
+    throw system_error(fmt::format("KVM_IOEVENTFD at {:#x}", address));
+  }
+}
+
+void Vm::deassign_ioeventfd(int fd, uint64_t address, uint32_t len, bool pio) {
+  kvm_ioeventfd io = make_ioeventfd(fd, address, len, pio);
+  io.flags |= KVM_IOEVENTFD_FLAG_DEASSIGN;
+  ::ioctl(fd_.get(), KVM_IOEVENTFD, &io);
+}
+
 Vcpu::Vcpu(const Vm& vm, unsigned index) : index_(index) {
   int fd = ::ioctl(vm.fd(), KVM_CREATE_VCPU, static_cast<unsigned long>(index));
   if (fd < 0) throw system_error(fmt::format("KVM_CREATE_VCPU {}", index));

@@ -48,6 +48,13 @@ class Vm {
   void create_pit2();
   // Raises (level 1) or lowers (0) an interrupt line on the in-kernel irqchip.
   int set_irq_line(uint32_t gsi, bool level);
+  // Ties an eventfd to a GSI: a write to `fd` injects the GSI's interrupt in the kernel.
+  void assign_irqfd(int fd, uint32_t gsi);
+  void deassign_irqfd(int fd, uint32_t gsi);
+  // A guest write of `len` bytes to `address` (MMIO, or a port when `pio`) signals `fd` in the
+  // kernel without an exit to pier.
+  void assign_ioeventfd(int fd, uint64_t address, uint32_t len, bool pio = false);
+  void deassign_ioeventfd(int fd, uint64_t address, uint32_t len, bool pio = false);
 
  private:
   const Kvm* kvm_;

@@ -139,7 +139,8 @@ void Machine::create_vm() {
                                 memory_->host_address_of_region(region));
   }
   vm_->create_irqchip();
-  IrqRouting(*vm_).commit();
+  irq_routing_ = std::make_unique<IrqRouting>(vm_.get());
+  irq_routing_->commit();
   vm_->create_pit2();
 }
 

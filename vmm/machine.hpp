@@ -17,6 +17,7 @@
 #include "vmm/exit_assist.hpp"
 #include "vmm/guest_memory.hpp"
 #include "vmm/host_profile.hpp"
+#include "vmm/irq_routing.hpp"
 #include "vmm/kvm.hpp"
 
 namespace pier {
@@ -72,6 +73,7 @@ class Machine {
   std::unique_ptr<Kvm> kvm_;
   std::unique_ptr<Vm> vm_;
   std::optional<GuestMemory> memory_;
+  std::unique_ptr<IrqRouting> irq_routing_;
   EventLoop loop_;
   IoBus pio_{"pio"};
   IoBus mmio_{"mmio"};

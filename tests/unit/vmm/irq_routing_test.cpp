@@ -28,3 +28,30 @@ TEST(IrqRouting, PcRoutesSendIsaIrq0ToIoapicPin2AndSkipTheCascade) {
 
 }  // namespace
 }  // namespace pier
+
+namespace pier {
+namespace {
+
+TEST(IrqRouting, MsiRoutesAreAddedReusedAndAlwaysSentWithTheIrqchipRoutes) {
+  IrqRouting routing(nullptr);
+  const uint32_t a = routing.allocate_msi_gsi();
+  const uint32_t b = routing.allocate_msi_gsi();
+  EXPECT_EQ(a, IrqRouting::kFirstMsiGsi);
+  EXPECT_EQ(b, a + 1);
+  routing.set_msi(b, 0xfee0'1000, 0x4031);
+  auto table = routing.table();
+  EXPECT_EQ(table.size(), pc_irqchip_routes().size() + 2);
+  const auto& last = table.back();
+  EXPECT_EQ(last.gsi, b);
+  EXPECT_EQ(last.type, static_cast<uint32_t>(KVM_IRQ_ROUTING_MSI));
+  EXPECT_EQ(last.u.msi.address_lo, 0xfee01000u);
+  EXPECT_EQ(last.u.msi.data, 0x4031u);
+  routing.release_msi_gsi(a);
+  EXPECT_EQ(routing.table().size(), pc_irqchip_routes().size() + 1);
+  EXPECT_EQ(routing.allocate_msi_gsi(), a);  // freed GSIs are reused
+  routing.set_msi(5, 1, 2);                  // not an MSI GSI: ignored
+  EXPECT_EQ(routing.table().size(), pc_irqchip_routes().size() + 2);
+}
+
+}  // namespace
+}  // namespace pier
