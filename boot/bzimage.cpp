@@ -12,6 +12,7 @@ namespace {
 
 // Offsets of the fields pier reads (struct setup_header, boot.rst "THE REAL-MODE KERNEL HEADER").
 constexpr uint64_t kSetupSects = 0x1f1;
+constexpr uint64_t kSyssize = 0x1f4;
 constexpr uint64_t kJump = 0x200;  // 0xEB, then the jump offset that marks the header's end
 constexpr uint64_t kVersion = 0x206;
 constexpr uint64_t kLoadflags = 0x211;
@@ -124,6 +125,15 @@ SetupHeader parse_setup_header(std::span<const uint8_t> file) {
   }
 
   h.protected_mode = file.subspan(h.setup_size);
+  // The in-guest decompressor's code and data follow the payload, so a copy cut short after the
+  // payload would still parse but crash when booted by the protocol; syssize catches that.
+  h.syssize = uint64_t{read_le<uint32_t>(file, kSyssize)} * 16;
+  if (h.syssize > h.protected_mode.size()) {
+    throw Error(fmt::format(
+        "bzImage is truncated: its protected-mode kernel is {} bytes (syssize) but the file holds "
+        "{}; re-copy the kernel",
+        h.syssize, h.protected_mode.size()));
+  }
   // 64-bit arithmetic: offset and length are 32-bit, so their sum cannot overflow.
   const uint64_t payload_end = uint64_t{h.payload_offset} + h.payload_length;
   if (h.payload_length == 0 || payload_end > h.protected_mode.size()) {

@@ -24,6 +24,7 @@ struct SetupHeader {
   uint16_t version = 0;      // e.g. 0x020f for protocol 2.15
   uint32_t setup_sects = 0;  // after the "0 means 4" rule
   uint64_t setup_size = 0;   // (setup_sects + 1) * 512: file offset of the protected-mode code
+  uint64_t syssize = 0;      // bytes of protected-mode code the image declares (16 * syssize)
   uint8_t loadflags = 0;
   uint16_t xloadflags = 0;
   uint32_t payload_offset = 0;  // of the compressed payload, relative to the protected-mode code

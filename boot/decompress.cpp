@@ -198,7 +198,7 @@ uint64_t unxz(std::span<const uint8_t> in, Output& out) {
       case LZMA_MEMLIMIT_ERROR:
         throw Error(fmt::format(
             "xz kernel payload needs more than {} of decoder memory (dictionary too large); "
-            "recompress the kernel with a smaller dictionary or use the bzImage boot method",
+            "recompress the kernel with a smaller dictionary or use --boot-method bzimage",
             mib(kXzMemoryLimit)));
       case LZMA_MEM_ERROR:
         throw Error("liblzma: out of memory while decompressing the kernel");
@@ -360,13 +360,13 @@ Compression check_format(std::span<const uint8_t> payload) {
   if (c != Compression::kUnknown) {
     throw Error(fmt::format(
         "kernel payload uses {} compression, which pier cannot decompress for direct boot; "
-        "use the bzImage boot method (the kernel decompresses itself) or a kernel built with "
+        "use --boot-method bzimage (the kernel decompresses itself) or a kernel built with "
         "gzip, xz, lz4 or zstd",
         compression_name(c)));
   }
   throw Error(fmt::format(
       "kernel payload has an unknown compression format (first bytes {:02x}); expected gzip, "
-      "xz, lz4 or zstd, re-copy the kernel or use the bzImage boot method",
+      "xz, lz4 or zstd, re-copy the kernel or use --boot-method bzimage",
       fmt::join(payload.first(std::min<size_t>(payload.size(), 4)), " ")));
 }
 

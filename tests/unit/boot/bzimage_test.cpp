@@ -44,6 +44,7 @@ std::vector<uint8_t> make_bzimage(std::span<const uint8_t> payload, uint32_t ini
   poke<uint32_t>(f, 0x24c, static_cast<uint32_t>(payload.size()));
   poke<uint64_t>(f, 0x258, 0x1000000);  // pref_address
   poke<uint32_t>(f, 0x260, init_size);
+  poke<uint32_t>(f, 0x1f4, static_cast<uint32_t>((f.size() - kSetupSize) / 16));  // syssize
   for (size_t i = 0; i < kPayloadOffset; ++i) f[kSetupSize + i] = static_cast<uint8_t>(0x90 + i);
   std::copy(payload.begin(), payload.end(), f.begin() + kSetupSize + kPayloadOffset);
   return f;
@@ -167,8 +168,20 @@ TEST(BzImage, RejectsPayloadsOutsideTheFile) {
   expect_contains(error_of([&] { parse_setup_header(bad); }), "outside the");
 
   // A truncated copy of a good image: the payload runs past the new EOF.
-  msg = error_of([&] { parse_setup_header(std::span(file).first(file.size() - 70)); });
+  bad = file;
+  bad.resize(file.size() - 70);
+  poke<uint32_t>(bad, 0x1f4, 0);  // keep syssize from noticing first
+  msg = error_of([&] { parse_setup_header(bad); });
   expect_contains(msg, "truncated or corrupt");
+}
+
+TEST(BzImage, RejectsACopyCutShortAfterThePayload) {
+  const auto file = make_bzimage(kPayload, 0x100000);
+  EXPECT_EQ(parse_setup_header(file).syssize, (file.size() - kSetupSize) / 16 * 16);
+  // The payload is intact but the decompressor code after it is gone.
+  const auto msg = error_of([&] { parse_setup_header(std::span(file).first(file.size() - 20)); });
+  expect_contains(msg, "truncated: its protected-mode kernel is");
+  expect_contains(msg, "re-copy the kernel");
 }
 
 TEST(BzImage, RejectsCorruptSizesAndAddresses) {

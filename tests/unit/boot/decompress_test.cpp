@@ -307,7 +307,7 @@ TEST(Decompress, RejectsUnsupportedAndUnknownFormats) {
   append_le32(payload, 1000);
   auto msg = error_of([&] { decompress_kernel_payload(payload); });
   expect_contains(msg, "bzip2");
-  expect_contains(msg, "bzImage boot method");
+  expect_contains(msg, "use --boot-method bzimage");
   expect_actionable(msg);
 
   payload[0] = 0x89, payload[1] = 'L', payload[2] = 'Z', payload[3] = 'O';

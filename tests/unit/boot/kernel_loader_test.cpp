@@ -176,7 +176,7 @@ TEST(KernelLoader, DirectBootRejectsBadPayloads) {
   std::vector<uint8_t> bzip2 = {'B', 'Z', 'h', '9', 0x31, 0x41, 0x59, 0x26, 0, 0, 1, 0};
   msg = error_of([&] { load_kernel(memory, make_bzimage(bzip2, 1 * MiB), BootMethod::kDirect); });
   expect_contains(msg, "bzip2 compression");
-  expect_contains(msg, "use the bzImage boot method");
+  expect_contains(msg, "use --boot-method bzimage");
   EXPECT_NO_THROW(load_kernel(memory, make_bzimage(bzip2, 1 * MiB), BootMethod::kBzImage));
 
   // The kernel proper is linked into pier's boot area.
