@@ -10,7 +10,6 @@
 #include "boot/elf.hpp"
 #include "boot/layout.hpp"
 #include "vmm/error.hpp"
-#include "vmm/log.hpp"
 
 namespace pier::boot {
 namespace {
@@ -129,7 +128,6 @@ LoadedKernel load_kernel(const GuestMemory& memory, std::span<const uint8_t> fil
   } else {
     load_bzimage_protocol(memory, hdr, k);
   }
-  log::debug("kernel: {}", k.description);
   return k;
 }
 
