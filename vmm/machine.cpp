@@ -18,9 +18,12 @@
 #include "devices/chardev/pump.hpp"
 #include "devices/pci/bus.hpp"
 #include "devices/uart16550.hpp"
+#include "virtio/pci_transport.hpp"
+#include "virtio/rng.hpp"
 #include "vmm/error.hpp"
 #include "vmm/irq_routing.hpp"
 #include "vmm/log.hpp"
+#include "vmm/pci_platform.hpp"
 
 namespace pier {
 namespace {
@@ -102,6 +105,7 @@ Machine::Machine(const MachineConfig& config) : config_(config) {
   create_vm();
   create_devices();
   load_guest();
+  create_virtio_devices();
   create_vcpus();
 }
 
@@ -169,6 +173,17 @@ void Machine::create_devices() {
   pio_.add(layout::kPciConfigAddress, 8, pci_->config_io(), "PCI type-1 config");
   pio_.add(layout::kAcpiSleepControl, layout::kAcpiPortsSize,
            std::make_shared<AcpiSystemControl>(stop), "ACPI sleep/reset");
+}
+
+void Machine::create_virtio_devices() {
+  pci_platform_ = std::make_unique<KvmPciPlatform>(*vm_, *irq_routing_, mmio_, loop_);
+  if (config_.rng) {
+    auto rng = std::make_shared<virtio::PciTransport>(std::make_unique<virtio::RngDevice>(),
+                                                      *memory_, *pci_platform_, *pci_);
+    const unsigned slot = rng->attach();
+    log::debug("virtio-rng at 00:{:02x}.0, BAR0 {:#x}", slot, rng->bar0_address());
+    virtio_devices_.push_back(std::move(rng));
+  }
 }
 
 void Machine::load_guest() {
@@ -442,6 +457,10 @@ int Machine::run() {
   const StopReason reason = stop_reason_.load();
   log::info("machine stopped: {}", to_string(reason));
   log_memory_footprint();
+  for (const auto& dev : virtio_devices_) {
+    log::info("{}: status {:#x}, {} queue notifies reached pier instead of an ioeventfd",
+              dev->name(), dev->status(), dev->slow_notifies());
+  }
   if (const std::string summary = assist_->summary(); !summary.empty()) {
     log::info("host profile {}: {}", config_.host.name(), summary);
   }

@@ -28,6 +28,10 @@ class Pump;
 namespace pci {
 class Bus;
 }
+namespace virtio {
+class PciTransport;
+}
+class KvmPciPlatform;
 class Uart16550;
 
 enum class BootMethodChoice { kAuto, kBzImage, kDirect };
@@ -40,6 +44,7 @@ struct MachineConfig {
   unsigned cpus = 1;
   std::string serial = "stdio";
   BootMethodChoice boot_method = BootMethodChoice::kAuto;
+  bool rng = true;  // a virtio-rng device
   HostProfile host;
   std::string kvm_device = "/dev/kvm";
 };
@@ -62,6 +67,7 @@ class Machine {
  private:
   void create_vm();
   void create_devices();
+  void create_virtio_devices();
   void load_guest();
   void create_vcpus();
   void vcpu_thread(unsigned index);
@@ -79,7 +85,10 @@ class Machine {
   IoBus mmio_{"mmio"};
   std::unique_ptr<chardev::Pump> serial_pump_;
   std::shared_ptr<Uart16550> uart_;
+  // The platform outlives the bus: the bus owns the transports, which call it when destroyed.
+  std::unique_ptr<KvmPciPlatform> pci_platform_;
   std::unique_ptr<pci::Bus> pci_;
+  std::vector<std::shared_ptr<virtio::PciTransport>> virtio_devices_;
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   std::vector<std::thread> threads_;
   boot::LoadedKernel kernel_;

@@ -95,6 +95,7 @@ uint64_t host_memory_bytes() {
 RunOptions parse_run_options(const std::vector<std::string>& args) {
   RunOptions out;
   std::string memory = "512M", boot_method = "auto", host_profile = "auto";
+  unsigned time_dilation = 0;
   std::vector<std::string> guest_command;
   std::string cmdline;
   po::options_description desc(
@@ -119,6 +120,11 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
      "kernel code is slow (host profile pvm), else bzimage")
     ("host-profile", po::value<std::string>(&host_profile)->default_value("auto"),
      "auto (detect), pvm (the kvm_pvm software hypervisor) or none (hardware virtualization)")
+    ("time-dilation", po::value<unsigned>(&time_dilation),
+     "pvm profile: the guest's timer ticks come N times less often while its clock stays right "
+     "(default 10; 1: off). See docs/pvm.md")
+    ("rng", po::value<bool>(&out.machine.rng)->default_value(true),
+     "a virtio-rng entropy device (true/false)")
     ("log-level", po::value<std::string>(&out.log_level)->default_value("warn"),
      "error, warn, info, debug or trace (to stderr)")
     ("kvm-device", po::value<std::string>(&out.machine.kvm_device)->default_value("/dev/kvm"),
@@ -179,6 +185,16 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
         fmt::format("unknown --boot-method '{}' (use auto, bzimage or direct)", boot_method));
   }
   out.machine.host = select_host_profile(host_profile);
+  out.machine.host.kvm_device = out.machine.kvm_device;
+  if (vm.count("time-dilation")) {
+    if (time_dilation == 0 || time_dilation > 1000) {
+      throw Error(fmt::format("--time-dilation {} is out of range (1 to 1000)", time_dilation));
+    }
+    if (out.machine.host.kind != HostKind::kPvm) {
+      throw Error("--time-dilation only applies to the pvm host profile (kvm_pvm hosts)");
+    }
+    out.machine.host.time_dilation = time_dilation;
+  }
 
   const bool default_guest = out.machine.kernel_path.empty();
   if (default_guest) {
