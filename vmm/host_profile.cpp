@@ -23,6 +23,7 @@ HostProfile select_host_profile(std::string_view choice) {
   if (pvm) {
     profile.kind = HostKind::kPvm;
     profile.slow_guest_kernel = true;
+    profile.time_dilation = kPvmDefaultTimeDilation;
   }
   return profile;
 }
