@@ -117,10 +117,8 @@ class PciTransport::InterruptImpl final : public Interrupt {
     deliver(t_.queue_state_[queue_index].vector.load(std::memory_order_relaxed), kIsrQueue);
   }
   void signal_config() override {
-    {
-      std::lock_guard lock(t_.mutex_);
-      ++t_.config_generation_;
-    }
+    // Lock-free: this runs from queue-error paths that may already hold the transport lock.
+    t_.config_generation_.fetch_add(1, std::memory_order_relaxed);
     deliver(config_vector.load(std::memory_order_relaxed), kIsrConfig);
   }
   std::atomic<uint16_t> config_vector{kNoVector};
@@ -319,7 +317,11 @@ void PciTransport::config_write(uint16_t offset, std::span<const uint8_t> data) 
 
 uint8_t PciTransport::status() const {
   std::lock_guard lock(mutex_);
-  return status_;
+  return current_status_locked();
+}
+
+uint8_t PciTransport::current_status_locked() const {
+  return static_cast<uint8_t>(status_ | (needs_reset_.load() ? kStatusNeedsReset : 0));
 }
 
 uint64_t PciTransport::slow_notifies() const {
@@ -342,8 +344,8 @@ void PciTransport::common_read(uint64_t offset, std::span<uint8_t> data) {
                 : 0);
   put_field(offset, data, kConfigMsixVector, 2, interrupt_->config_vector.load());
   put_field(offset, data, kNumQueues, 2, queues_.size());
-  put_field(offset, data, kDeviceStatus, 1, status_);
-  put_field(offset, data, kConfigGeneration, 1, config_generation_);
+  put_field(offset, data, kDeviceStatus, 1, current_status_locked());
+  put_field(offset, data, kConfigGeneration, 1, config_generation_.load());
   put_field(offset, data, kQueueSelect, 2, queue_select_);
   if (queue_select_ < queues_.size()) {
     const Queue& q = queues_[queue_select_];
@@ -465,7 +467,8 @@ void PciTransport::set_status(uint8_t status) {
     }
   }
   const bool driver_ok = (status & kStatusDriverOk) && !(status_ & kStatusDriverOk);
-  status_ = static_cast<uint8_t>(status | (status_ & kStatusNeedsReset));
+  status_ =
+      static_cast<uint8_t>(status & ~kStatusNeedsReset);  // the device's bit, not the driver's
   if (driver_ok && (status_ & kStatusFeaturesOk)) activate_locked();
 }
 
@@ -495,17 +498,17 @@ void PciTransport::reset_locked() {
   device_feature_select_ = driver_feature_select_ = 0;
   queue_select_ = 0;
   status_ = 0;
+  needs_reset_.store(false);
 }
 
 void PciTransport::on_queue_error(const Queue& queue) {
-  // Called from the device's thread inside a queue operation: flag NEEDS_RESET and tell the
-  // driver through the config interrupt. The device keeps running its other queues.
-  log::warn("{}: {}; device needs reset", device_->name(), queue.describe_fault());
-  {
-    std::lock_guard lock(mutex_);
-    status_ |= kStatusNeedsReset;
+  // Called inside a queue operation: from the device on the I/O thread, or from activation on a
+  // vCPU thread that holds the transport lock, so it must not take the lock. Flag NEEDS_RESET
+  // and tell the driver through the config interrupt; the device keeps its other queues.
+  if (queue_error_logged_.first()) {
+    log::warn("{}: {}; device needs reset", device_->name(), queue.describe_fault());
   }
-  interrupt_->signal_config();
+  if (!needs_reset_.exchange(true)) interrupt_->signal_config();
 }
 
 void PciTransport::on_vector_changed(unsigned vector, const pci::Msix::Message& message) {

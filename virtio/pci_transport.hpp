@@ -22,6 +22,7 @@
 #include "virtio/queue.hpp"
 #include "vmm/fd.hpp"
 #include "vmm/guest_memory.hpp"
+#include "vmm/log.hpp"
 
 namespace pier::virtio {
 
@@ -102,6 +103,7 @@ class PciTransport final : public pci::Function,
   void on_vector_changed(unsigned vector, const pci::Msix::Message& message);
   void on_queue_error(const Queue& queue) override;
   uint32_t intx_gsi() const;
+  uint8_t current_status_locked() const;
 
   std::unique_ptr<Device> device_;
   const GuestMemory& memory_;
@@ -129,7 +131,9 @@ class PciTransport final : public pci::Function,
   uint16_t config_vector_ = kNoVector;
   uint16_t queue_select_ = 0;
   uint8_t status_ = 0;
-  uint8_t config_generation_ = 0;
+  std::atomic<uint8_t> config_generation_{0};
+  std::atomic<bool> needs_reset_{false};
+  log::OnceFlag queue_error_logged_;  // set without the lock (see on_queue_error)
   uint8_t isr_ = 0;
   bool activated_ = false;
   std::atomic<bool> activated_flag_{false};  // read by the I/O thread without the lock
