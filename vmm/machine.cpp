@@ -177,6 +177,9 @@ void Machine::create_devices() {
 
 void Machine::create_virtio_devices() {
   pci_platform_ = std::make_unique<KvmPciPlatform>(*vm_, *irq_routing_, mmio_, loop_);
+  if (!config_.ports.empty()) {
+    throw Error("virtio-console ports (--console/--port) are not wired into this build yet");
+  }
   if (config_.rng) {
     auto rng = std::make_shared<virtio::PciTransport>(std::make_unique<virtio::RngDevice>(),
                                                       *memory_, *pci_platform_, *pci_);

@@ -36,6 +36,13 @@ class Uart16550;
 
 enum class BootMethodChoice { kAuto, kBzImage, kDirect };
 
+// A virtio-console port from the command line. Port 0 is the console (hvc0).
+struct PortOption {
+  std::string name;     // empty for an unnamed port (port 0 by default)
+  std::string backend;  // the backend spec, e.g. "socket=/tmp/a.sock,client,reconnect=2"
+  bool console = false;
+};
+
 struct MachineConfig {
   std::string kernel_path;
   std::string initrd_path;  // empty: none
@@ -45,6 +52,9 @@ struct MachineConfig {
   std::string serial = "stdio";
   BootMethodChoice boot_method = BootMethodChoice::kAuto;
   bool rng = true;  // a virtio-rng device
+  // virtio-console: ports[0] is port 0 (hvc0); empty = no console device.
+  std::vector<PortOption> ports;
+  unsigned max_ports = 31;
   HostProfile host;
   std::string kvm_device = "/dev/kvm";
 };

@@ -7,6 +7,7 @@
 #include <charconv>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "boot/layout.hpp"
@@ -65,6 +66,57 @@ uint64_t parse_size(std::string_view text) {
   return value << shift;
 }
 
+bool valid_port_name(std::string_view name) {
+  if (name.empty() || name.size() > 200 || name == "." || name == "..") return false;
+  for (char c : name) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '.' || c == '_' || c == '-' || c == '+' || c == ':' || c == '@';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+PortOption parse_port_option(std::string_view text) {
+  PortOption port;
+  std::vector<std::string> backend_parts;
+  bool have_name = false;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t comma = text.find(',', start);
+    if (comma == std::string_view::npos) comma = text.size();
+    const std::string_view token = text.substr(start, comma - start);
+    if (token.starts_with("name=") && !have_name) {
+      port.name = std::string(token.substr(5));
+      have_name = true;
+    } else if (token == "console") {
+      port.console = true;
+    } else if (!token.empty()) {
+      backend_parts.emplace_back(token);
+    }
+    start = comma + 1;
+  }
+  if (!have_name) {
+    throw Error(
+        fmt::format("--port '{}' has no name= (use --port name=NAME,BACKEND[,console])", text));
+  }
+  if (!valid_port_name(port.name)) {
+    throw Error(
+        fmt::format("invalid port name '{}': use 1-200 characters of letters, digits and "
+                    "._-+:@ (e.g. org.pier.agent)",
+                    port.name));
+  }
+  if (backend_parts.empty()) {
+    throw Error(
+        fmt::format("--port name={} has no backend (socket=PATH, tcp=PORT, pty, "
+                    "file=PATH, stdio or null)",
+                    port.name));
+  }
+  for (size_t i = 0; i < backend_parts.size(); ++i) {
+    port.backend += (i ? "," : "") + backend_parts[i];
+  }
+  return port;
+}
+
 std::string default_linux_cmdline() {
   // ttyS0 is the console until virtio-console brings hvc0; reboot=k makes `reboot` use the i8042
   // reset pier catches; panic=-1 reboots at once on a panic instead of hanging.
@@ -97,7 +149,8 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
   std::string memory = "512M", boot_method = "auto", host_profile = "auto";
   unsigned time_dilation = 0;
   std::vector<std::string> guest_command;
-  std::string cmdline;
+  std::vector<std::string> port_texts;
+  std::string cmdline, console;
   po::options_description desc(
       "Usage: pier run [options] [-- command for the default guest's init]\n\nOptions");
   // clang-format off
@@ -111,9 +164,18 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
     ("memory,m", po::value<std::string>(&memory)->default_value("512M"),
      "guest RAM: 64M minimum, units K/M/G/T; above 3G part of it lives above 4 GiB")
     ("cpus", po::value<unsigned>(&out.machine.cpus)->default_value(1), "number of vCPUs")
-    ("serial", po::value<std::string>(&out.machine.serial)->default_value("stdio"),
-     "COM1 (ttyS0) backend: stdio, null or file=PATH. On a terminal stdio is raw; "
-     "press Ctrl-A x to quit")
+    ("serial", po::value<std::string>(&out.machine.serial),
+     "COM1 (ttyS0) backend: stdio, null or file=PATH. Default: stdio, or null when --console "
+     "is stdio. On a terminal stdio is raw; press Ctrl-A x to quit")
+    ("console", po::value<std::string>(&console),
+     "virtio-console port 0 (hvc0) backend: socket=PATH[,client[,reconnect=S]], tcp=[HOST:]PORT, "
+     "pty, file=PATH, stdio or null. With stdio, the kernel console moves to hvc0 and "
+     "--serial defaults to null")
+    ("port", po::value<std::vector<std::string>>(&port_texts)->composing(),
+     "a named virtio-console port, repeatable: name=NAME,BACKEND[,console]; the guest sees "
+     "/dev/virtio-ports/NAME (console ports become hvcN instead)")
+    ("max-ports", po::value<unsigned>(&out.machine.max_ports)->default_value(31),
+     "virtio-console ports the guest driver sets up queues for (1-511)")
     ("boot-method", po::value<std::string>(&boot_method)->default_value("auto"),
      "bzimage: the 64-bit boot protocol, the kernel decompresses itself; direct: pier "
      "decompresses the bzImage payload and enters the kernel proper; auto: direct where guest "
@@ -174,6 +236,44 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
   }
   if (out.machine.cpus == 0) throw Error("--cpus must be at least 1");
 
+  // virtio-console ports: port 0 (hvc0) first, then the named ports in order.
+  const bool console_on_stdio = console == "stdio";
+  if (!console.empty() || !port_texts.empty()) {
+    PortOption port0;
+    port0.console = true;
+    port0.backend = console.empty() ? "null" : console;
+    out.machine.ports.push_back(port0);
+  }
+  std::set<std::string> names;
+  for (const auto& text : port_texts) {
+    PortOption port = parse_port_option(text);
+    if (!names.insert(port.name).second) {
+      throw Error(fmt::format("two ports are named '{}'; port names must be unique", port.name));
+    }
+    if (port.backend == "stdio" &&
+        (console_on_stdio || !vm.count("serial") || out.machine.serial == "stdio")) {
+      throw Error(
+          fmt::format("port {} cannot use stdio: it is already taken by the serial port "
+                      "or the console (use --serial null)",
+                      port.name));
+    }
+    out.machine.ports.push_back(std::move(port));
+  }
+  if (out.machine.max_ports == 0 || out.machine.max_ports > 511) {
+    throw Error(fmt::format("--max-ports {} is out of range (1-511)", out.machine.max_ports));
+  }
+  if (out.machine.ports.size() > out.machine.max_ports) {
+    throw Error(fmt::format("{} ports configured but --max-ports is {}; raise --max-ports",
+                            out.machine.ports.size(), out.machine.max_ports));
+  }
+  if (vm.count("serial")) {
+    if (console_on_stdio && out.machine.serial == "stdio") {
+      throw Error("--serial stdio and --console stdio cannot share the terminal; pick one");
+    }
+  } else {
+    out.machine.serial = console_on_stdio ? "null" : "stdio";
+  }
+
   if (boot_method == "auto") {
     out.machine.boot_method = BootMethodChoice::kAuto;
   } else if (boot_method == "bzimage") {
@@ -212,6 +312,8 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
     out.machine.cmdline = cmdline;
   } else {
     out.machine.cmdline = default_linux_cmdline();
+    // The last console= is /dev/console: hvc0 when the user put the console on stdio.
+    if (console_on_stdio) out.machine.cmdline += " console=hvc0";
   }
   if (!guest_command.empty()) {
     out.machine.cmdline += " --";

@@ -21,6 +21,13 @@ struct RunOptions {
   std::string help_text;
 };
 
+// "name=NAME,BACKEND[,console]" (BACKEND may itself contain commas, e.g.
+// "socket=/tmp/a.sock,client,reconnect=2"). Throws pier::Error on a malformed option or name.
+PortOption parse_port_option(std::string_view text);
+// Port names become /dev/virtio-ports/<name> and a sysfs attribute: 1-200 characters of
+// [A-Za-z0-9._-+:@], as reverse-DNS names like org.pier.agent use.
+bool valid_port_name(std::string_view name);
+
 // Default kernel command line for a Linux guest on pier's machine.
 std::string default_linux_cmdline();
 // Where the default guest (tools/guest-image) lives: <directory of the pier binary>/guest.

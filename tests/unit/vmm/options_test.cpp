@@ -55,3 +55,62 @@ TEST(RunOptions, HelpIsNotAnError) {
 
 }  // namespace
 }  // namespace pier
+
+namespace pier {
+namespace {
+
+TEST(PortOptions, NameBackendAndConsoleFlag) {
+  auto p = parse_port_option("name=org.pier.agent,socket=/tmp/a.sock,client,reconnect=2");
+  EXPECT_EQ(p.name, "org.pier.agent");
+  EXPECT_EQ(p.backend, "socket=/tmp/a.sock,client,reconnect=2");
+  EXPECT_FALSE(p.console);
+  p = parse_port_option("name=log,pty,console");
+  EXPECT_EQ(p.backend, "pty");
+  EXPECT_TRUE(p.console);
+  p = parse_port_option("socket=/x,name=late");  // name may come anywhere
+  EXPECT_EQ(p.name, "late");
+  EXPECT_EQ(p.backend, "socket=/x");
+}
+
+TEST(PortOptions, BadPortsAreRejected) {
+  EXPECT_THROW(parse_port_option("socket=/tmp/a"), Error);  // no name
+  EXPECT_THROW(parse_port_option("name=,pty"), Error);      // empty name
+  EXPECT_THROW(parse_port_option("name=a/b,pty"), Error);   // slash
+  EXPECT_THROW(parse_port_option("name=a b,pty"), Error);   // space
+  EXPECT_THROW(parse_port_option("name=" + std::string(201, 'x') + ",pty"), Error);
+  EXPECT_THROW(parse_port_option("name=ok"), Error);  // no backend
+  EXPECT_TRUE(valid_port_name("org.qemu.guest_agent.0"));
+  EXPECT_FALSE(valid_port_name(".."));
+}
+
+TEST(PortOptions, PortsConsoleAndStdioDefaults) {
+  auto o = parse_run_options({"--kernel", "/k", "--port", "name=a,null", "--port", "name=b,pty"});
+  ASSERT_EQ(o.machine.ports.size(), 3u);
+  EXPECT_TRUE(o.machine.ports[0].console);
+  EXPECT_EQ(o.machine.ports[0].backend, "null");
+  EXPECT_EQ(o.machine.ports[2].name, "b");
+  EXPECT_EQ(o.machine.serial, "stdio");
+
+  o = parse_run_options({"--kernel", "/k", "--console", "stdio"});
+  EXPECT_EQ(o.machine.serial, "null");
+  EXPECT_NE(o.machine.cmdline.find("console=hvc0"), std::string::npos);
+  EXPECT_EQ(o.machine.ports.size(), 1u);
+
+  o = parse_run_options({"--kernel", "/k"});
+  EXPECT_TRUE(o.machine.ports.empty());
+
+  EXPECT_THROW(
+      parse_run_options({"--kernel", "/k", "--port", "name=a,null", "--port", "name=a,pty"}),
+      Error);
+  EXPECT_THROW(parse_run_options({"--kernel", "/k", "--console", "stdio", "--serial", "stdio"}),
+               Error);
+  EXPECT_THROW(parse_run_options({"--kernel", "/k", "--port", "name=a,stdio"}), Error);
+  EXPECT_THROW(parse_run_options({"--kernel", "/k", "--max-ports", "2", "--port", "name=a,null",
+                                  "--port", "name=b,null"}),
+               Error);
+  EXPECT_THROW(parse_run_options({"--kernel", "/k", "--max-ports", "512"}), Error);
+  EXPECT_THROW(parse_run_options({"--kernel", "/k", "--max-ports", "0"}), Error);
+}
+
+}  // namespace
+}  // namespace pier
