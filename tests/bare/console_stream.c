@@ -1,0 +1,121 @@
+// console_stream: the KVM-level loss test for virtio-console. Ports 1..N (cmdline ports=N) carry
+// `bytes=B` each way at once: the guest writes a deterministic stream (xorshift, seeded by port
+// id) and checks, byte by byte, the host's stream (seed 1000 + id). The host side
+// (tests/integration/bare_console_test.cpp) does the mirror image through the ports' sockets,
+// and may stall or reconnect mid-stream: nothing may be lost, duplicated or reordered. Port 0 is
+// the console (hvc0): the guest writes a greeting there. The data loop runs in CPL3.
+#include "virtio_console.h"
+TEST_NAME("console_stream");
+
+static struct vcon con;
+
+struct stream {
+  uint64_t state, word;
+  unsigned used;  // bytes of `word` already consumed
+};
+
+static void stream_init(struct stream *s, uint64_t seed) {
+  s->state = seed * 0x9e3779b97f4a7c15ull + 0x1234567;
+  s->used = 8;
+}
+static inline uint8_t stream_next(struct stream *s) {
+  if (s->used == 8) {
+    uint64_t x = s->state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    s->state = x;
+    s->word = x;
+    s->used = 0;
+  }
+  return (uint8_t)(s->word >> (8 * s->used++));
+}
+
+struct port_run {
+  struct stream tx, rx;
+  uint64_t queued, received, bad, first_bad;
+};
+static struct port_run runs[VCON_MAX_PORTS];
+static uint8_t chunk[VCON_BUF * 4];
+static uint64_t total_bytes;
+static unsigned nports;
+
+static uint64_t data_loop(uint64_t arg) {
+  (void)arg;
+  const uint64_t khz = tsc_khz() ? tsc_khz() : 3000000;
+  const uint64_t timeout = cmdline_u64("timeout_ms", 120000) * khz;
+  const uint64_t start = rdtsc();
+  for (;;) {
+    vcon_poll_control(&con);
+    int done = 1;
+    for (unsigned p = 1; p <= nports; ++p) {
+      struct port_run *r = &runs[p];
+      // Refill the transmit side while the device takes chains (it holds them while the host
+      // side is slow or gone: that is the flow control under test).
+      while (r->queued < total_bytes) {
+        const uint64_t left = total_bytes - r->queued;
+        const uint32_t n = left < sizeof(chunk) ? (uint32_t)left : sizeof(chunk);
+        struct stream save = r->tx;
+        for (uint32_t i = 0; i < n; ++i) chunk[i] = stream_next(&r->tx);
+        const uint32_t took = vcon_write(&con, p, chunk, n);
+        // Rewind the generator to just after what was taken.
+        r->tx = save;
+        for (uint32_t i = 0; i < took; ++i) (void)stream_next(&r->tx);
+        r->queued += took;
+        if (took < n) break;
+      }
+      uint32_t got;
+      while ((got = vcon_read(&con, p, chunk, sizeof(chunk))) > 0) {
+        for (uint32_t i = 0; i < got; ++i) {
+          if (chunk[i] != stream_next(&r->rx)) {
+            if (!r->bad) r->first_bad = r->received + i;
+            r->bad++;
+          }
+        }
+        r->received += got;
+      }
+      if (r->received < total_bytes || vcon_tx_completed(&con, p) < total_bytes) done = 0;
+    }
+    if (done) return 0;
+    if (rdtsc() - start > timeout) return 1;
+  }
+}
+
+int test_main(void) {
+  nports = (unsigned)cmdline_u64("ports", 1);
+  total_bytes = cmdline_u64("bytes", 1 << 20);
+  if (nports < 1 || nports + 1 > VCON_MAX_PORTS) test_fail("ports=%u out of range", nports);
+  int rc = vcon_init(&con, nports + 1, 10000);
+  CHECK(rc == 0, "virtio-console set-up and handshake: %d", rc);
+  if (rc) return 1;
+  printf("virtio-console: max_nr_ports %u, %u control messages\n", con.max_ports, con.control_msgs);
+  CHECK(con.ports[0].console, "port 0 is a console port");
+  for (unsigned p = 1; p <= nports; ++p) {
+    printf("port %u: name '%s'\n", p, con.ports[p].name);
+    CHECK(con.ports[p].name[0] != 0, "port %u has a name", p);
+    stream_init(&runs[p].tx, p);
+    stream_init(&runs[p].rx, 1000 + p);
+    vcon_guest_open(&con, p, 1);
+  }
+  static const char hello[] = "PIER-CONSOLE hello from hvc0\n";
+  vcon_write(&con, 0, (const uint8_t *)hello, sizeof(hello) - 1);
+  printf("PIER-TEST READY console_stream\n");
+
+  const uint64_t khz = tsc_khz();
+  const uint64_t t0 = rdtsc();
+  const uint64_t timed_out = enter_user(data_loop, 0, ENTER_USER_IF);
+  const uint64_t us = khz ? (rdtsc() - t0) * 1000 / khz : 0;
+  CHECK(!timed_out, "all streams complete before the timeout");
+  for (unsigned p = 1; p <= nports; ++p) {
+    struct port_run *r = &runs[p];
+    printf("port %u: sent %lu (completed %lu), received %lu, %lu bad (first at %lu)\n", p,
+           r->queued, vcon_tx_completed(&con, p), r->received, r->bad, r->first_bad);
+    CHECK(r->received == total_bytes && r->bad == 0, "port %u received the host stream intact", p);
+    CHECK(vcon_tx_completed(&con, p) == total_bytes, "port %u: device completed every write", p);
+  }
+  if (us) {
+    printf("console_stream: %u ports x %lu bytes each way in %lu us: %lu MB/s per direction\n",
+           nports, total_bytes, us, total_bytes * nports / us);
+  }
+  return 0;
+}
