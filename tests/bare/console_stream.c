@@ -81,6 +81,13 @@ static uint64_t data_loop(uint64_t arg) {
   }
 }
 
+static uint64_t linger_loop(uint64_t ms) {
+  const uint64_t khz = tsc_khz() ? tsc_khz() : 3000000;
+  const uint64_t end = rdtsc() + ms * khz;
+  while (rdtsc() < end) vcon_poll_control(&con);
+  return 0;
+}
+
 int test_main(void) {
   nports = (unsigned)cmdline_u64("ports", 1);
   total_bytes = cmdline_u64("bytes", 1 << 20);
@@ -113,6 +120,9 @@ int test_main(void) {
     CHECK(r->received == total_bytes && r->bad == 0, "port %u received the host stream intact", p);
     CHECK(vcon_tx_completed(&con, p) == total_bytes, "port %u: device completed every write", p);
   }
+  // linger_ms=N: stay up (spinning in CPL3) so the host can still connect, e.g. to the console.
+  const uint64_t linger = cmdline_u64("linger_ms", 0);
+  if (linger) enter_user(linger_loop, linger, ENTER_USER_IF);
   if (us) {
     printf("console_stream: %u ports x %lu bytes each way in %lu us: %lu MB/s per direction\n",
            nports, total_bytes, us, total_bytes * nports / us);
