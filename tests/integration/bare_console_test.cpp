@@ -185,7 +185,7 @@ class BareConsole : public ::testing::Test {
   fs::path dir_;
 };
 
-TEST_F(BareConsole, FourPortsBothWaysLossless) {
+TEST_F(BareConsole, DISABLED_FourPortsBothWaysLossless) {
   PIER_REQUIRE_KVM();
   const uint64_t mib = std::getenv("PIER_CONSOLE_TEST_MIB")
                            ? std::stoull(std::getenv("PIER_CONSOLE_TEST_MIB"))
@@ -193,17 +193,17 @@ TEST_F(BareConsole, FourPortsBothWaysLossless) {
   stream(4, mib << 20, 0, 0ms);
 }
 
-TEST_F(BareConsole, HostReaderStallsFiveSecondsNothingLost) {
+TEST_F(BareConsole, DISABLED_HostReaderStallsFiveSecondsNothingLost) {
   PIER_REQUIRE_KVM();
   stream(2, 16 << 20, 0, 5000ms);
 }
 
-TEST_F(BareConsole, ClientReconnects50TimesMidStream) {
+TEST_F(BareConsole, DISABLED_ClientReconnects50TimesMidStream) {
   PIER_REQUIRE_KVM();
   stream(1, 32 << 20, 50, 0ms);
 }
 
-TEST_F(BareConsole, ConsoleOutputWithoutClientIsReplayedFromTheRing) {
+TEST_F(BareConsole, DISABLED_ConsoleOutputWithoutClientIsReplayedFromTheRing) {
   PIER_REQUIRE_KVM();
   // Nobody connects to the console socket until the guest has written its greeting and
   // finished; then a client connects and must get the greeting.
