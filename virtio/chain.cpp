@@ -29,13 +29,13 @@ IovecList slice_segments(std::span<const iovec> segments, size_t offset, size_t 
 Chain& Chain::operator=(Chain&& other) noexcept {
   if (this != &other) {
     segments_ = std::move(other.segments_);
-    other.segments_.clear();
-    num_readable_ = std::exchange(other.num_readable_, 0);
-    readable_length_ = std::exchange(other.readable_length_, 0);
-    writable_length_ = std::exchange(other.writable_length_, 0);
+    num_readable_ = other.num_readable_;
+    readable_length_ = other.readable_length_;
+    writable_length_ = other.writable_length_;
     generation_ = other.generation_;
     head_ = other.head_;
-    valid_ = std::exchange(other.valid_, false);
+    valid_ = other.valid_;
+    other.release();
   }
   return *this;
 }

@@ -74,6 +74,12 @@ class Chain {
 
  private:
   friend class Queue;
+  // Back to the empty, invalid state of a default-constructed chain.
+  void release() {
+    segments_.clear();
+    num_readable_ = readable_length_ = writable_length_ = 0;
+    valid_ = false;
+  }
 
   IovecList segments_;  // readable segments, then writable ones
   size_t num_readable_ = 0;

@@ -251,13 +251,15 @@ std::optional<Chain> Queue::pop() {
     fail(QueueError::kHeadOutOfRange, head, slot);
     return std::nullopt;
   }
-  Chain chain;
+  // Built in place in the optional that is returned (no move of the segment list).
+  std::optional<Chain> result(std::in_place);
+  Chain& chain = *result;
   chain.head_ = head;
   chain.generation_ = generation_;
   if (!parse_chain(head, chain)) return std::nullopt;
   ++last_avail_;
   chain.valid_ = true;
-  return chain;
+  return result;
 }
 
 namespace {
@@ -352,13 +354,15 @@ bool Queue::add_segment(const Descriptor& d, uint32_t index, Chain& chain, uint6
 
 bool Queue::push(Chain&& chain, uint32_t written) {
   if (!chain.valid_) return false;
-  const Chain done = std::move(chain);  // consumed whatever happens below
-  if (!ready_ || failed() || done.generation_ != generation_) return false;
+  const uint16_t head = chain.head_;
+  const uint32_t generation = chain.generation_;
   // used.len is "the total of bytes written into the buffer"; never claim more than exists.
-  if (written > done.writable_length_) written = static_cast<uint32_t>(done.writable_length_);
+  if (written > chain.writable_length_) written = static_cast<uint32_t>(chain.writable_length_);
+  chain.release();  // consumed whatever happens below
+  if (!ready_ || failed() || generation != generation_) return false;
 
   const uint64_t elem = kRingEntries + kUsedElemSize * (used_idx_ & (size_ - 1));
-  field<uint32_t>(used_, elem).store(done.head_, std::memory_order_relaxed);
+  field<uint32_t>(used_, elem).store(head, std::memory_order_relaxed);
   field<uint32_t>(used_, elem + 4).store(written, std::memory_order_relaxed);
   ++used_idx_;
   // Release: "The device MUST set len prior to updating the used idx", and the bytes written

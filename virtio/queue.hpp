@@ -27,6 +27,12 @@
 //  - Descriptors are copied into a local with one memcpy followed by a compiler barrier, then
 //    only the copy is validated and used: a guest rewriting a descriptor while the device parses
 //    it cannot make the device use an address or length other than the one it checked.
+//    (Indirect tables need not be 8-byte aligned, so per-field atomics are not an option there.)
+// Why atomic_ref and not volatile: volatile gives neither acquire/release ordering against the
+// surrounding plain accesses nor a guarantee of untorn 16-bit accesses; atomic_ref gives both and
+// costs nothing extra on x86-64, where relaxed/acquire/release loads and stores are plain movs
+// and only the seq_cst fence emits an instruction. The fences are taken once per batch (after a
+// run of pushes, when the ring runs empty), not once per chain.
 #include <atomic>
 #include <cstdint>
 #include <optional>
@@ -107,7 +113,13 @@ struct QueueFault {
 class Queue;
 
 // Told once when a queue enters its error state. The transport implements it: set
-// NEEDS_RESET (0x40) in device status, send a config-change interrupt, log one line.
+// NEEDS_RESET (0x40) in device status, send a config-change interrupt, and log describe_fault()
+// once (a log::OnceFlag, so a guest that breaks its queues in a loop cannot flood the log).
+// Without a handler the queue logs a warning once itself.
+// It is called synchronously from inside the failing call: from activate() on the transport's
+// thread (typically with the transport's lock held) and from pop(), has_available() or
+// enable_notification() on the device's thread. So it must not take a lock that is held around
+// those calls; set an atomic flag and signal the config interrupt instead.
 class QueueErrorHandler {
  public:
   virtual void on_queue_error(const Queue& queue) = 0;
@@ -153,7 +165,8 @@ class Queue {
   bool failed() const { return fault_.error != QueueError::kNone; }
   QueueError error() const { return fault_.error; }
   const QueueFault& fault() const { return fault_; }
-  // "queue 3: descriptor 7 at 0xc0000000+4096 is outside guest RAM" style line for the log.
+  // One line for the log, e.g. "virtqueue 3: buffer outside guest RAM: descriptor 7 addr
+  // 0xbffffff8 len 16".
   std::string describe_fault() const;
 
   // ---- Device side.

@@ -2,6 +2,7 @@
 // A vector of trivially copyable values that keeps its first N elements inline, so popping a
 // short descriptor chain (the common case: 1 to a few descriptors) allocates nothing. Longer
 // chains spill to the heap once. Only what the virtqueue code needs: push_back, clear, span.
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <span>
@@ -16,6 +17,27 @@ class SmallVector {
 
  public:
   SmallVector() = default;
+  // Copies and moves touch only the elements in use, not the whole inline array.
+  SmallVector(const SmallVector& other) { *this = other; }
+  SmallVector(SmallVector&& other) noexcept { *this = std::move(other); }
+  SmallVector& operator=(const SmallVector& other) {
+    if (this != &other) {
+      heap_ = other.heap_;
+      size_ = other.size_;
+      if (heap_.empty()) std::copy_n(other.inline_.data(), size_, inline_.data());
+    }
+    return *this;
+  }
+  SmallVector& operator=(SmallVector&& other) noexcept {
+    if (this != &other) {
+      heap_ = std::move(other.heap_);
+      size_ = other.size_;
+      if (heap_.empty()) std::copy_n(other.inline_.data(), size_, inline_.data());
+      other.heap_.clear();
+      other.size_ = 0;
+    }
+    return *this;
+  }
 
   void push_back(const T& value) {
     if (!heap_.empty() || size_ == N) {
