@@ -87,6 +87,7 @@ class ListenPort : public StreamPort {
 
   void listen_on(UniqueFd fd) {
     listen_fd_ = std::move(fd);
+    // Created now: when accept() fails with EMFILE, a new timerfd could not be made either.
     backoff_.start(*loop_, [this] { set_accepting(true); });
     loop_->add(listen_fd_.get(), EPOLLIN, [this](uint32_t) { on_accept(); });
     listen_registered_ = true;

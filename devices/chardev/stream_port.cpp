@@ -149,6 +149,9 @@ void StreamPort::on_fd_event(uint64_t generation, uint32_t events) {
         update_registration();
       }
     }
+    // A detach notifies the device and may attach the next peer at once (a waiting pty
+    // opener): these event bits were for the old one.
+    if (alive.expired() || generation != generation_) return;
   }
   if (state_ == State::kDraining) {
     if (want_in_) listener_->on_readable();

@@ -231,5 +231,63 @@ TEST(StdioPort, ReadsStdinWritesStdoutAndSurvivesEndOfInput) {
   EXPECT_EQ(address, "");
 }
 
+// stdin from a regular file (epoll cannot watch it: always readable until end of file) and
+// stdout to a pipe nobody reads (writes stop taking bytes; on_writable once it drains).
+TEST(StdioPort, RegularFileOnStdinAndAFullStdoutPipe) {
+  TempDir dir;
+  const std::string input_path = dir.file("input");
+  std::string input;
+  for (int i = 0; i < 20000; ++i) input += static_cast<char>('a' + i % 26);
+  std::ofstream(input_path) << input;
+  UniqueFd file(::open(input_path.c_str(), O_RDONLY | O_CLOEXEC));
+  int out_pipe[2];
+  ASSERT_EQ(::pipe2(out_pipe, O_CLOEXEC), 0);
+  UniqueFd out_read(out_pipe[0]), out_write(out_pipe[1]);
+  std::fflush(stdout);
+  UniqueFd saved_in(::dup(STDIN_FILENO)), saved_out(::dup(STDOUT_FILENO));
+  ::dup2(file.get(), STDIN_FILENO);
+  ::dup2(out_write.get(), STDOUT_FILENO);
+
+  bool got_input = false;
+  std::string received;
+  size_t accepted = 0;
+  ssize_t when_full = -2;
+  bool writable_while_full = true;
+  bool writable_after_drain = false;
+  size_t drained = 0;
+  {
+    Harness h(make_port_backend(parse_port_backend("stdio")));
+    h.start();
+    h.want_input(true);
+    got_input = h.recorder.wait_received(input);
+    received = h.recorder.received();
+    h.want_input(false);
+    const std::string chunk(8192, 'o');
+    for (int i = 0; i < 1000; ++i) {
+      const ssize_t n = h.write(chunk);
+      if (n <= 0) break;
+      accepted += static_cast<size_t>(n);
+      if (n < static_cast<ssize_t>(chunk.size())) break;
+    }
+    when_full = h.write(chunk);
+    h.want_output(true);
+    writable_while_full =
+        h.recorder.wait([&] { return h.recorder.writable_unlocked() > 0; }, 100ms);
+    drained = port_test::read_n(out_read.get(), accepted, 2s).size();
+    writable_after_drain = h.recorder.wait([&] { return h.recorder.writable_unlocked() > 0; });
+    h.want_output(false);
+  }
+  ::dup2(saved_in.get(), STDIN_FILENO);
+  ::dup2(saved_out.get(), STDOUT_FILENO);
+
+  EXPECT_TRUE(got_input);
+  EXPECT_EQ(received.size(), input.size());
+  EXPECT_GT(accepted, 0u);
+  EXPECT_EQ(when_full, 0);
+  EXPECT_FALSE(writable_while_full);
+  EXPECT_EQ(drained, accepted);
+  EXPECT_TRUE(writable_after_drain);
+}
+
 }  // namespace
 }  // namespace pier::chardev

@@ -300,6 +300,29 @@ TEST_F(UnixListen, DisconnectWhileDeviceWantsNothingIsStillSeen) {
   EXPECT_TRUE(h.recorder.wait_events({"up", "down"}));
 }
 
+TEST_F(UnixListen, ClientsThatSendAndHangUpAreServedInOrderWithNothingLost) {
+  Harness h(backend_for("socket=" + path));
+  h.start();
+  h.want_input(true);
+  // Each client connects, sends and hangs up at once, most of them while still waiting in the
+  // backlog: every one still gets its turn, in connect order, and all its bytes get through.
+  constexpr int kClients = 40;
+  std::string expected;
+  std::vector<std::string> events;
+  for (int i = 0; i < kClients; ++i) {
+    const std::string msg = "<client " + std::to_string(i) + ">";
+    expected += msg;
+    events.push_back("up");
+    events.push_back("down");
+    UniqueFd c = unix_connect(path);  // blocks while the backlog is full: bounded by the test
+    ASSERT_TRUE(c) << i;
+    send_all(c.get(), msg);
+  }
+  EXPECT_TRUE(h.recorder.wait_received(expected, 10s)) << h.recorder.received();
+  EXPECT_TRUE(h.recorder.wait_events(events, 10s));
+  EXPECT_FALSE(h.recorder.reentrant());
+}
+
 // ---- TCP ----
 
 int port_of(const std::string& address) {
