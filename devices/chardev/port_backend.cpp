@@ -63,12 +63,28 @@ std::optional<uint64_t> parse_seconds_as_ms(std::string_view s) {
   return ms;
 }
 
+// The spec as shown in messages: control bytes escaped, so the error stays one line.
+std::string printable(std::string_view text) {
+  std::string out;
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte == 0x7f) {
+      out += fmt::format("\\x{:02x}", byte);
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 class SpecParser {
  public:
   explicit SpecParser(std::string_view text) : text_(text) { spec_.text = std::string(text); }
 
   PortBackendSpec parse() {
     if (text_.empty()) fail(fmt::format("empty backend (use {})", kForms));
+    // A path would end early at it (or, first in a socket path, mean the abstract namespace).
+    if (text_.find('\0') != std::string_view::npos) fail("contains a NUL byte");
     fields_ = split_fields(text_);
     const std::string& head = fields_[0];
     const size_t eq = head.find('=');
@@ -98,7 +114,7 @@ class SpecParser {
 
  private:
   [[noreturn]] void fail(const std::string& why) const {
-    throw Error(fmt::format("invalid port backend '{}': {}", text_, why));
+    throw Error(fmt::format("invalid port backend '{}': {}", printable(text_), printable(why)));
   }
 
   std::string require_value(std::string_view what, std::string_view form) const {

@@ -5,7 +5,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
 #include <fstream>
+#include <random>
 #include <sstream>
 
 #include "port_test_util.hpp"
@@ -129,6 +132,132 @@ INSTANTIATE_TEST_SUITE_P(
         BadSpec{"null,x", "unknown option 'x' (null takes no options)"},
         BadSpec{"file", "missing PATH (file=PATH)"}, BadSpec{"file=", "missing PATH"},
         BadSpec{"file=/x,append", "unknown option 'append' (file takes no options)"}));
+
+// Writes a spec back as text (",," for commas in paths), for the round trip below.
+std::string unparse(const PortBackendSpec& spec) {
+  auto escape = [](const std::string& path) {
+    std::string out;
+    for (char c : path) out += c == ',' ? std::string(",,") : std::string(1, c);
+    return out;
+  };
+  switch (spec.kind) {
+    case Kind::kUnixListen:
+      return "socket=" + escape(spec.path);
+    case Kind::kUnixConnect: {
+      std::string text = "socket=" + escape(spec.path) + ",client";
+      if (spec.reconnect.count() > 0) {
+        text += fmt::format(",reconnect={}.{:03}", spec.reconnect.count() / 1000,
+                            spec.reconnect.count() % 1000);
+      }
+      return text;
+    }
+    case Kind::kTcpListen:
+      return spec.host.find(':') != std::string::npos
+                 ? fmt::format("tcp=[{}]:{}", spec.host, spec.port)
+                 : fmt::format("tcp={}:{}", spec.host, spec.port);
+    case Kind::kPty:
+      return "pty";
+    case Kind::kFile:
+      return "file=" + escape(spec.path);
+    case Kind::kStdio:
+      return "stdio";
+    case Kind::kNull:
+      return "null";
+  }
+  return "?";
+}
+
+// Random token soup (a fuzzer in miniature, no clang needed): every input is either accepted
+// with a consistent spec that survives a round trip, or refused with one line naming it.
+TEST(PortBackendParse, RandomSpecsAreAcceptedConsistentlyOrRefusedInOneLine) {
+  const std::vector<std::string> tokens = {"socket",
+                                           "tcp",
+                                           "pty",
+                                           "file",
+                                           "stdio",
+                                           "null",
+                                           "=",
+                                           ",",
+                                           ",,",
+                                           "client",
+                                           "reconnect=",
+                                           "0",
+                                           "1",
+                                           "5",
+                                           "9",
+                                           "65535",
+                                           "65536",
+                                           ".",
+                                           "..",
+                                           "[",
+                                           "]",
+                                           ":",
+                                           "::1",
+                                           "/",
+                                           "/tmp/a",
+                                           "x",
+                                           " ",
+                                           "-",
+                                           "\n",
+                                           std::string(1, '\0'),
+                                           std::string(60, 'p')};
+  std::mt19937 rng(12345);
+  int accepted = 0;
+  for (int i = 0; i < 30000; ++i) {
+    std::string text;
+    const int n = 1 + static_cast<int>(rng() % 8);
+    for (int t = 0; t < n; ++t) text += tokens[rng() % tokens.size()];
+    PortBackendSpec spec;
+    try {
+      spec = parse_port_backend(text);
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      ASSERT_TRUE(what.starts_with("invalid port backend '")) << what;
+      ASSERT_EQ(what.find('\n'), std::string::npos) << what;
+      continue;
+    }
+    ++accepted;
+    EXPECT_EQ(spec.text, text);
+    switch (spec.kind) {
+      case Kind::kUnixListen:
+      case Kind::kUnixConnect:
+        EXPECT_FALSE(spec.path.empty()) << text;
+        EXPECT_LT(spec.path.size(), 108u) << text;
+        break;
+      case Kind::kFile:
+        EXPECT_FALSE(spec.path.empty()) << text;
+        break;
+      case Kind::kTcpListen:
+        EXPECT_FALSE(spec.host.empty()) << text;
+        break;
+      default:
+        break;
+    }
+    if (spec.kind != Kind::kUnixConnect) {
+      EXPECT_EQ(spec.reconnect.count(), 0) << text;
+    }
+    const PortBackendSpec again = parse_port_backend(unparse(spec));
+    EXPECT_EQ(again.kind, spec.kind) << text;
+    EXPECT_EQ(again.path, spec.path) << text;
+    EXPECT_EQ(again.host, spec.host) << text;
+    EXPECT_EQ(again.port, spec.port) << text;
+    EXPECT_EQ(again.reconnect, spec.reconnect) << text;
+  }
+  EXPECT_GT(accepted, 100) << "the soup should hit valid specs too";
+}
+
+TEST(PortBackendParse, NulByteIsRefused) {
+  using namespace std::string_literals;
+  for (const std::string& text : {"socket=\0abstract"s, "file=/tmp/a\0b"s, "tcp=127.0.0.1\0:5"s}) {
+    try {
+      parse_port_backend(text);
+      ADD_FAILURE() << "accepted a NUL byte";
+    } catch (const Error& e) {
+      EXPECT_THAT(e.what(), HasSubstr("\\x00"));
+      EXPECT_THAT(e.what(), HasSubstr("contains a NUL byte"));
+    }
+  }
+}
 
 std::string slurp(const std::string& path) {
   std::ifstream in(path);
