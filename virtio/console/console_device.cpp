@@ -343,6 +343,7 @@ void ConsoleDevice::reset() {
   driver_ready_ = false;
   stats_.driver_ready = false;
   control_pending_.clear();
+  control_rx_unusable_.clear();
   for (auto& slot : slots_) {
     slot.rx_held.clear();  // back to the driver with the queue reset
     if (slot.port) drop_guest_state(*slot.port);
@@ -384,7 +385,11 @@ void ConsoleDevice::queue_notify(uint16_t index) {
   }
   Queue* q = ready_queue(index);
   if (q == nullptr) return;
-  if (p == nullptr) {
+  if (p == nullptr || !p->ready) {
+    // No port, or one the guest has not taken yet (no PORT_READY): the bytes belong to a removed
+    // incarnation of this id - possibly an hvc console that spins on them - so they are completed
+    // at once and discarded. (Linux cannot write to a port before its PORT_READY: writes wait
+    // for our PORT_OPEN(1), which follows it.)
     orphan_tx(*q);
   } else if (console_semantics(*p)) {
     console_tx(*p, *q);
@@ -607,12 +612,15 @@ void ConsoleDevice::generic_tx(Port& p, Queue& q) {
 
 void ConsoleDevice::orphan_tx(Queue& q) {
   // Transmit buffers on the queue of a port that does not exist (removed while the guest was
-  // writing, or never configured): completed so the guest can free them, bytes discarded.
+  // writing, or never configured) or that the guest has not taken yet: completed so the guest
+  // can free them (or stop spinning), bytes discarded.
   bool pushed = false;
   while (auto chain = q.pop()) {
     stats_.orphan_tx_bytes += chain->readable_length();
     if (orphan_tx_logged_.first()) {
-      log::warn("virtio-console: transmit on queue {} which has no port; discarded", q.index());
+      log::warn("virtio-console: transmit on queue {}, which has no port the guest knows; "
+                "discarded",
+                q.index());
     }
     pushed |= q.push(std::move(*chain), 0);
   }
@@ -780,6 +788,7 @@ void ConsoleDevice::answer_port_ready(Port& p) {
     }
   }
   p.ready = true;
+  p.add_sent = true;  // the guest has it (after a restore, without a PORT_ADD from us)
   p.guest_connected = false;
   // QEMU's order: CONSOLE_PORT, PORT_NAME, PORT_OPEN; then the size, which Linux only applies
   // once the port is a console.
@@ -864,12 +873,15 @@ void ConsoleDevice::deliver_control() {
     if (!chain) break;  // the guest refills control-rx from a workqueue: wait for its kick
     const size_t room = chain->writable_length();
     if (room < kControlHeaderSize) {
+      // Useless for any message. Returning it would only have the driver post it again (a
+      // livelock with a driver that only posts such buffers), so the device keeps it until the
+      // next reset. Bounded by the queue size.
       if (short_control_buffer_logged_.first()) {
-        log::warn("virtio-console: control receive buffer of {} bytes cannot hold a message; "
-                  "returned empty",
+        log::warn("virtio-console: control receive buffer of {} bytes cannot hold a message "
+                  "header; kept unused",
                   room);
       }
-      pushed |= q->push(std::move(*chain), 0);
+      control_rx_unusable_.push_back(std::move(*chain));
       continue;
     }
     const ControlMessage& m = control_pending_.front();
@@ -879,9 +891,10 @@ void ConsoleDevice::deliver_control() {
     const size_t n = encode(m, options_.resize_layout,
                             std::span(bytes.data(), std::min(bytes.size(), room)));
     if (n < want && name_cut_logged_.first()) {
-      log::warn("virtio-console: port {}'s name ({} bytes) does not fit the guest's {}-byte "
+      // Linux posts 4 KiB buffers, which hold any message; a smaller one gets what fits.
+      log::warn("virtio-console: {} for port {} ({} bytes) does not fit the guest's {}-byte "
                 "control buffer; sent cut to {} bytes",
-                m.id, m.name.size(), room, n - kControlHeaderSize);
+                to_string(m.event), m.id, want, room, n);
     }
     chain->copy_to(0, std::span(bytes.data(), n));
     pushed |= q->push(std::move(*chain), static_cast<uint32_t>(n));

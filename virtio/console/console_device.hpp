@@ -262,6 +262,7 @@ class ConsoleDevice final : public Device {
   bool driver_ready_ = false;
 
   std::deque<ControlMessage> control_pending_;
+  std::vector<Chain> control_rx_unusable_;  // control-rx buffers < 8 bytes (until reset)
   bool emergency_flush_posted_ = false;
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // for posted closures
 

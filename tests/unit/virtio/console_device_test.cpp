@@ -702,6 +702,30 @@ TEST(ConsoleDevice, RemoveThenReAddTheSameId) {
   EXPECT_EQ(old->output, "uns");  // the old client never sees the new port's bytes
 }
 
+TEST(ConsoleDevice, ConsoleReplacedByAGenericPortNeverStallsTheOldHvc) {
+  // Found by the fuzzer: port 0 (hvc0) is removed and a generic port added at id 0 while the
+  // guest has not processed the removal; its hvc keeps writing to queue 1 and spins on each
+  // buffer. The new port must not hold them.
+  ConsoleHarness h;
+  auto c0 = h.port("", true);
+  h.boot();
+  h.device->remove_port(0);  // PORT_REMOVE(0): delivered, not yet handled by the guest's work
+  auto [backend, state] = make_fake_backend(false);  // nobody connected: a generic port holds
+  PortConfig c;
+  c.name = "org.pier.replacement";
+  c.backend = std::move(backend);
+  c.id = 0;
+  h.device->add_port(std::move(c));
+  ASSERT_TRUE(h.guest_port(0).console);  // the guest still thinks hvc0 is there
+  ASSERT_EQ(h.os->put_chars(0, "old console output"), 18);
+  EXPECT_TRUE(h.os->problems().empty()) << h.os->problems_text();
+  EXPECT_EQ(state->output, "");  // not the new port's bytes
+  EXPECT_EQ(h.device->stats().orphan_tx_bytes, 18u);
+  h.os->settle();
+  EXPECT_EQ(h.guest_port(0).name, "org.pier.replacement");
+  EXPECT_FALSE(h.guest_port(0).console);
+}
+
 TEST(ConsoleDevice, RemoveBeforeTheGuestHeardOfThePortWithdrawsItsAdd) {
   LinuxConsoleOptions lo;
   lo.control_rx_buffers = 1;
@@ -944,6 +968,30 @@ TEST(ConsoleDevice, ResetAndReprobe) {
   ASSERT_EQ(h.os->write(1, "after"), 5);
   h.os->settle();
   EXPECT_EQ(p1->output, "after");
+}
+
+TEST(ConsoleDevice, RestoreFromHibernation) {
+  ConsoleHarness h;
+  auto c0 = h.port("", true);
+  auto p1 = h.port("org.pier.agent");
+  h.boot();
+  ASSERT_EQ(h.os->open(1), 0);
+  ASSERT_TRUE(h.os->freeze_and_restore());  // PORT_READY for each port, no DEVICE_READY
+  h.os->settle();
+  EXPECT_TRUE(h.os->problems().empty()) << h.os->problems_text();
+  EXPECT_TRUE(h.stats(0).guest_connected);
+  EXPECT_TRUE(h.stats(1).guest_connected);
+  ASSERT_EQ(h.os->write(1, "after restore"), 13);
+  p1->send("back");
+  ASSERT_EQ(h.os->put_chars(0, "hvc"), 3);
+  h.os->settle();
+  EXPECT_EQ(p1->output, "after restore");
+  EXPECT_EQ(h.os->read(1), "back");
+  EXPECT_EQ(c0->output, "hvc");
+  // The guest knows port 1 although no PORT_ADD went out since the reset: removal is told.
+  h.device->remove_port(1);
+  h.os->settle();
+  EXPECT_EQ(h.os->port(1), nullptr);
 }
 
 TEST(ConsoleDevice, DriverWithoutMultiport) {

@@ -139,6 +139,31 @@ class LinuxConsoleModel {
     return true;
   }
 
+  // virtcons_freeze() + virtcons_restore() (hibernation): the device is reset, then the driver
+  // sets the queues up again, refills control-rx and every port's rx queue, and sends
+  // PORT_READY for each port it has - no DEVICE_READY - plus PORT_OPEN(1) for open ones.
+  bool freeze_and_restore() {
+    transport_.reset();
+    control_out_.clear();
+    control_free_.clear();
+    for (auto& [id, q] : queues_) {
+      q.rx_out.clear();
+      q.tx_out.clear();
+      q.tx_free.clear();
+    }
+    uint64_t want = options_.ring_features | linux_console::kFMultiport;
+    if (options_.f_size) want |= linux_console::kFSize;
+    if (!transport_.negotiate(want)) return false;
+    transport_.start(options_.queue_size);
+    refill_control(options_.control_rx_buffers ? options_.control_rx_buffers : driver(2).size());
+    for (auto& [id, p] : ports_) {
+      fill_rx(id);
+      send_control(id, linux_console::kPortReady, 1);
+      if (p.guest_connected) send_control(id, linux_console::kPortOpen, 1);
+    }
+    return true;
+  }
+
   // Adds `n` control-rx buffers (recycling handled ones first) and kicks.
   void refill_control(size_t n) {
     FakeQueueDriver& d = driver(2);
@@ -240,6 +265,8 @@ class LinuxConsoleModel {
   int put_chars(uint32_t id, std::string_view data) {
     Port* p = port(id);
     if (p == nullptr || !p->console) return -EPIPE;
+    if (data.empty()) return 0;  // hvc never sends nothing (a 0-length buffer is invalid)
+    data = data.substr(0, options_.max_write);
     FakeQueueDriver& d = driver(linux_console::tx_queue(id));
     reclaim(id);
     const uint64_t gpa = tx_buffer(id);
@@ -425,9 +452,12 @@ class LinuxConsoleModel {
     std::memcpy(&r.value, &header[6], 2);
     if (used.len > 8) r.payload = used.text().substr(8);
     control_log_.push_back(r);
+    // A message fills its own length; in a buffer smaller than that (never Linux's 4 KiB) a
+    // device may cut PORT_NAME and RESIZE to the buffer.
     const size_t expected = r.event == linux_console::kPortName ? used.len
-                            : r.event == linux_console::kResize ? 12
-                                                                : 8;
+                            : r.event == linux_console::kResize
+                                ? std::min<size_t>(12, options_.control_buffer_size)
+                                : 8;
     if (used.len != expected) {
       problem("control message " + std::to_string(r.event) + " with " +
               std::to_string(used.len) + " bytes (one message per buffer)");
