@@ -15,9 +15,11 @@
 #include "boot/e820.hpp"
 #include "boot/layout.hpp"
 #include "boot/zero_page.hpp"
+#include "devices/chardev/port_backend.hpp"
 #include "devices/chardev/pump.hpp"
 #include "devices/pci/bus.hpp"
 #include "devices/uart16550.hpp"
+#include "virtio/console/console_device.hpp"
 #include "virtio/pci_transport.hpp"
 #include "virtio/rng.hpp"
 #include "vmm/error.hpp"
@@ -178,7 +180,33 @@ void Machine::create_devices() {
 void Machine::create_virtio_devices() {
   pci_platform_ = std::make_unique<KvmPciPlatform>(*vm_, *irq_routing_, mmio_, loop_);
   if (!config_.ports.empty()) {
-    throw Error("virtio-console ports (--console/--port) are not wired into this build yet");
+    std::vector<virtio::console::PortConfig> ports;
+    for (size_t i = 0; i < config_.ports.size(); ++i) {
+      const PortOption& option = config_.ports[i];
+      chardev::PortBackendOptions backend_options;
+      backend_options.label = option.name.empty() ? "console" : option.name;
+      backend_options.quit = [this] {
+        log::info("quit key pressed");
+        request_stop(StopReason::kQuitKey);
+      };
+      virtio::console::PortConfig port;
+      port.name = option.name;
+      port.console = option.console;
+      port.id = static_cast<uint32_t>(i);
+      port.backend = chardev::make_port_backend(chardev::parse_port_backend(option.backend),
+                                                std::move(backend_options));
+      ports.push_back(std::move(port));
+    }
+    virtio::console::ConsoleOptions options;
+    options.max_ports = config_.max_ports;
+    auto device =
+        std::make_unique<virtio::console::ConsoleDevice>(loop_, options, std::move(ports));
+    console_ = device.get();
+    auto console =
+        std::make_shared<virtio::PciTransport>(std::move(device), *memory_, *pci_platform_, *pci_);
+    const unsigned slot = console->attach();
+    log::debug("virtio-console at 00:{:02x}.0 with {} port(s)", slot, config_.ports.size());
+    virtio_devices_.push_back(std::move(console));
   }
   if (config_.rng) {
     auto rng = std::make_shared<virtio::PciTransport>(std::make_unique<virtio::RngDevice>(),
@@ -463,6 +491,15 @@ int Machine::run() {
   for (const auto& dev : virtio_devices_) {
     log::info("{}: status {:#x}, {} queue notifies reached pier instead of an ioeventfd",
               dev->name(), dev->status(), dev->slow_notifies());
+  }
+  if (console_ != nullptr) {
+    for (const auto& port : console_->port_stats()) {
+      log::info(
+          "console port {} '{}' ({}): {} bytes to the guest, {} from the guest, {} to the "
+          "host, {} console bytes dropped, {} host connects",
+          port.id, port.name, port.backend, port.bytes_to_guest, port.bytes_from_guest,
+          port.bytes_to_host, port.console_bytes_dropped, port.host_connects);
+    }
   }
   if (const std::string summary = assist_->summary(); !summary.empty()) {
     log::info("host profile {}: {}", config_.host.name(), summary);

@@ -30,7 +30,10 @@ class Bus;
 }
 namespace virtio {
 class PciTransport;
+namespace console {
+class ConsoleDevice;
 }
+}  // namespace virtio
 class KvmPciPlatform;
 class Uart16550;
 
@@ -99,6 +102,7 @@ class Machine {
   std::unique_ptr<KvmPciPlatform> pci_platform_;
   std::unique_ptr<pci::Bus> pci_;
   std::vector<std::shared_ptr<virtio::PciTransport>> virtio_devices_;
+  virtio::console::ConsoleDevice* console_ = nullptr;  // owned by its transport
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   std::vector<std::thread> threads_;
   boot::LoadedKernel kernel_;

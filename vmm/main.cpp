@@ -1,6 +1,7 @@
 // pier: a KVM virtual machine monitor. `pier run ...` boots a guest; see README.md.
 #include <fmt/format.h>
 
+#include <csignal>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -38,6 +39,9 @@ int run_command(const std::vector<std::string>& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A reader that goes away (a closed stdout pipe, a socket peer) must be an error return, not a
+  // signal that kills the VMM and its guest.
+  std::signal(SIGPIPE, SIG_IGN);
   std::vector<std::string> args(argv + 1, argv + argc);
   try {
     if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {

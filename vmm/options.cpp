@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "boot/layout.hpp"
+#include "devices/chardev/port_backend.hpp"
 #include "vmm/error.hpp"
 
 namespace po = boost::program_options;
@@ -257,8 +258,10 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
                       "or the console (use --serial null)",
                       port.name));
     }
+    chardev::parse_port_backend(port.backend);  // a malformed backend fails here, not at boot
     out.machine.ports.push_back(std::move(port));
   }
+  if (!out.machine.ports.empty()) chardev::parse_port_backend(out.machine.ports[0].backend);
   if (out.machine.max_ports == 0 || out.machine.max_ports > 511) {
     throw Error(fmt::format("--max-ports {} is out of range (1-511)", out.machine.max_ports));
   }

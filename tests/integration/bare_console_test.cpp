@@ -61,9 +61,28 @@ int connect_unix(const std::string& path, std::chrono::milliseconds timeout = 20
 
 struct PortTraffic {
   uint64_t sent = 0, received = 0, bad = 0;
+  // Guest->host bytes the VMM wrote into a connection that its client closed before reading
+  // them: they die in the kernel with the socket (no VMM can see or resend them). Every other
+  // byte must arrive exactly once and in order; a gap may only sit at a reconnect.
+  uint64_t lost_at_reconnect = 0;
   bool ok = false;
   std::string error;
 };
+
+// After a reconnect the guest stream continues at the first byte the VMM had not yet written
+// into the old connection. Finds that position: advances `guest` over at most `max_gap` bytes
+// until the next 32 stream bytes equal `head`. Returns the bytes skipped, or -1.
+int64_t resync(Stream& guest, const uint8_t* head, size_t n, uint64_t max_gap) {
+  n = std::min<size_t>(n, 32);
+  for (uint64_t skip = 0; skip <= max_gap; ++skip) {
+    Stream probe = guest;
+    bool match = true;
+    for (size_t i = 0; i < n && match; ++i) match = probe.next() == head[i];
+    if (match) return static_cast<int64_t>(skip);
+    guest.next();
+  }
+  return -1;
+}
 
 // Writes `bytes` of the host stream and reads/verifies `bytes` of the guest stream over one
 // connection (or several: `reconnects` times the reader drops the connection mid-stream and
@@ -82,19 +101,22 @@ PortTraffic drive_port(const std::string& path, unsigned port, uint64_t bytes, i
   const uint64_t reconnect_every = reconnects > 0 ? bytes / (reconnects + 1) : UINT64_MAX;
   uint64_t next_reconnect = reconnect_every;
   bool stalled = stall.count() == 0;
+  bool fresh_connection = false;  // the first bytes of a new connection may follow a gap
   const auto deadline = std::chrono::steady_clock::now() + 600s;
-  while ((t.sent < bytes || t.received < bytes) && std::chrono::steady_clock::now() < deadline) {
+  while ((t.sent < bytes || t.received + t.lost_at_reconnect < bytes) &&
+         std::chrono::steady_clock::now() < deadline) {
     if (!stalled && t.received >= bytes / 3) {
       std::this_thread::sleep_for(stall);  // the guest's writes must stall, not be lost
       stalled = true;
     }
-    if (t.received >= next_reconnect && t.received < bytes) {
+    if (t.received >= next_reconnect && t.received + t.lost_at_reconnect < bytes) {
       ::close(fd);
       fd = connect_unix(path);
       if (fd < 0) {
         t.error = "reconnect failed";
         return t;
       }
+      fresh_connection = true;
       next_reconnect += reconnect_every;
     }
     if (out_off == out_len && t.sent < bytes) {
@@ -106,8 +128,23 @@ PortTraffic drive_port(const std::string& path, unsigned port, uint64_t bytes, i
     if (out_off < out_len) p.events |= POLLOUT;
     if (::poll(&p, 1, 1000) <= 0) continue;
     if (p.revents & POLLIN) {
-      const ssize_t n = ::recv(fd, in.data(), in.size(), MSG_DONTWAIT);
+      ssize_t n = ::recv(fd, in.data(), in.size(), MSG_DONTWAIT);
+      if (n > 0 && fresh_connection && static_cast<size_t>(n) < 32) {
+        // Wait for enough bytes to find our place in the stream.
+        const ssize_t more = ::recv(fd, in.data() + n, 32 - static_cast<size_t>(n), MSG_WAITALL);
+        if (more > 0) n += more;
+      }
       if (n > 0) {
+        if (fresh_connection) {
+          fresh_connection = false;
+          // The old socket's receive buffer is the only place bytes can vanish: a few hundred KiB.
+          const int64_t gap = resync(guest, in.data(), static_cast<size_t>(n), 8 << 20);
+          if (gap < 0) {
+            t.error = "after a reconnect the data is not the continuation of the guest stream";
+            break;
+          }
+          t.lost_at_reconnect += static_cast<uint64_t>(gap);
+        }
         for (ssize_t i = 0; i < n; ++i) t.bad += in[static_cast<size_t>(i)] != guest.next();
         t.received += static_cast<uint64_t>(n);
       }
@@ -124,7 +161,15 @@ PortTraffic drive_port(const std::string& path, unsigned port, uint64_t bytes, i
     }
   }
   ::close(fd);
-  t.ok = t.sent == bytes && t.received == bytes && t.bad == 0;
+  t.ok = t.sent == bytes && t.received + t.lost_at_reconnect == bytes && t.bad == 0 &&
+         (reconnects > 0 || t.lost_at_reconnect == 0);
+  if (reconnects > 0) {
+    std::printf(
+        "[   INFO   ] port %u: %d reconnects, %llu guest bytes died unread in closed client "
+        "sockets, %llu delivered in order\n",
+        port, reconnects, static_cast<unsigned long long>(t.lost_at_reconnect),
+        static_cast<unsigned long long>(t.received));
+  }
   if (!t.ok && t.error.empty()) {
     t.error = "sent " + std::to_string(t.sent) + ", received " + std::to_string(t.received) + ", " +
               std::to_string(t.bad) + " bad bytes";
@@ -185,7 +230,7 @@ class BareConsole : public ::testing::Test {
   fs::path dir_;
 };
 
-TEST_F(BareConsole, DISABLED_FourPortsBothWaysLossless) {
+TEST_F(BareConsole, FourPortsBothWaysLossless) {
   PIER_REQUIRE_KVM();
   const uint64_t mib = std::getenv("PIER_CONSOLE_TEST_MIB")
                            ? std::stoull(std::getenv("PIER_CONSOLE_TEST_MIB"))
@@ -193,17 +238,17 @@ TEST_F(BareConsole, DISABLED_FourPortsBothWaysLossless) {
   stream(4, mib << 20, 0, 0ms);
 }
 
-TEST_F(BareConsole, DISABLED_HostReaderStallsFiveSecondsNothingLost) {
+TEST_F(BareConsole, HostReaderStallsFiveSecondsNothingLost) {
   PIER_REQUIRE_KVM();
   stream(2, 16 << 20, 0, 5000ms);
 }
 
-TEST_F(BareConsole, DISABLED_ClientReconnects50TimesMidStream) {
+TEST_F(BareConsole, ClientReconnects50TimesMidStream) {
   PIER_REQUIRE_KVM();
   stream(1, 32 << 20, 50, 0ms);
 }
 
-TEST_F(BareConsole, DISABLED_ConsoleOutputWithoutClientIsReplayedFromTheRing) {
+TEST_F(BareConsole, ConsoleOutputWithoutClientIsReplayedFromTheRing) {
   PIER_REQUIRE_KVM();
   // Nobody connects to the console socket until the guest has written its greeting and
   // finished; then a client connects and must get the greeting.
