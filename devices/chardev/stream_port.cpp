@@ -135,7 +135,10 @@ void StreamPort::on_fd_event(uint64_t generation, uint32_t events) {
   const std::weak_ptr<char> alive = alive_;
   if (state_ == State::kOpen) {
     if (events & EPOLLERR) {
-      detach(true);
+      // A unix client that closes with our bytes still unread in its own queue leaves
+      // ECONNRESET on this socket, but what it sent before closing is still queued here and the
+      // kernel hands it out before the error: drain it, exactly as for a hangup.
+      peer_gone(true);
       return;
     }
     if (events & EPOLLHUP) {
