@@ -49,8 +49,10 @@ struct ConsoleDevice::Port {
   uint64_t serial = 0;  // this incarnation of the id (ids are reused after remove_port)
   std::string name;
   bool console = false;
-  std::unique_ptr<chardev::PortBackend> backend;
+  // The listener outlives the backend (members die in reverse order): the backend's destructor
+  // stops it while the listener it was given still exists.
   std::unique_ptr<PortListener> listener;
+  std::unique_ptr<chardev::PortBackend> backend;
   std::string backend_description;
 
   bool host_connected = false;
@@ -507,7 +509,7 @@ void ConsoleDevice::pump_rx(Port& p) {
         pushed |= q->push(std::move(*chain), 0);
         continue;
       }
-      slot.rx_held.push_back(std::move(*chain));
+      slot.rx_held.emplace_back() = std::move(*chain);
     }
     if (slot.rx_held.empty()) {
       set_want_input(p, false);  // no guest buffers: backpressure on the host writer
@@ -531,8 +533,10 @@ void ConsoleDevice::pump_rx(Port& p) {
     size_t left = static_cast<size_t>(n);
     p.bytes_to_guest += left;
     while (left > 0) {
-      const size_t take = std::min(left, slot.rx_held.front().writable_length());
-      pushed |= q->push(slot.rx_held.pop_front(), static_cast<uint32_t>(take));
+      Chain& front = slot.rx_held.front();
+      const size_t take = std::min(left, front.writable_length());
+      pushed |= q->push(std::move(front), static_cast<uint32_t>(take));
+      slot.rx_held.discard_front();
       left -= take;
     }
     if (static_cast<size_t>(n) < room) {
@@ -553,8 +557,7 @@ void ConsoleDevice::console_tx(Port& p, Queue& q) {
     p.bytes_from_guest += len;
     size_t done = 0;
     if (p.ring.empty() && p.host_connected && len > 0) {
-      const IovecList iov = chain->readable_iovecs();
-      const ssize_t n = p.backend->writev(iov.span());
+      const ssize_t n = p.backend->writev(chain->readable());
       if (n > 0) {
         done = static_cast<size_t>(n);
         p.bytes_to_host += done;
@@ -604,7 +607,9 @@ void ConsoleDevice::generic_tx(Port& p, Queue& q) {
     }
     p.bytes_from_guest += len;
     p.tx_held_bytes += len;
-    p.tx_held.push_back({std::move(*chain), 0});
+    Port::HeldTx& held = p.tx_held.emplace_back();
+    held.chain = std::move(*chain);
+    held.offset = 0;
   }
   if (pushed) signal(q);
   flush_out(p);
@@ -657,11 +662,16 @@ void ConsoleDevice::flush_out(Port& p) {
     size_t offered = 0;
     for (size_t i = 0; i < p.tx_held.size() && scratch_iov_.size() < kMaxIov; ++i) {
       const auto& held = p.tx_held.at(i);
-      const IovecList iov = held.chain.readable_iovecs(held.offset);
-      for (const iovec& v : iov) {
+      size_t skip = held.offset;  // bytes of this chain already written
+      for (const iovec& v : held.chain.readable()) {
         if (scratch_iov_.size() == kMaxIov) break;
-        scratch_iov_.push_back(v);
-        offered += v.iov_len;
+        if (skip >= v.iov_len) {
+          skip -= v.iov_len;
+          continue;
+        }
+        scratch_iov_.push_back({static_cast<uint8_t*>(v.iov_base) + skip, v.iov_len - skip});
+        offered += v.iov_len - skip;
+        skip = 0;
       }
     }
     const ssize_t n = p.backend->writev(scratch_iov_);
@@ -678,7 +688,8 @@ void ConsoleDevice::flush_out(Port& p) {
       }
       left -= rest;
       // Every byte of it reached the backend: only now does the guest get the buffer back.
-      pushed |= q->push(p.tx_held.pop_front().chain, 0);
+      pushed |= q->push(std::move(held.chain), 0);
+      p.tx_held.discard_front();
     }
     if (static_cast<size_t>(n) < offered) blocked = true;  // full: wait for on_writable
   }

@@ -21,17 +21,24 @@ class Fifo {
   T& at(size_t i) { return items_[(head_ + i) & (items_.size() - 1)]; }
   const T& at(size_t i) const { return items_[(head_ + i) & (items_.size() - 1)]; }
 
-  void push_back(T value) {
+  void push_back(T&& value) { emplace_back() = std::move(value); }
+  // The new last slot, to be assigned in place (one move instead of several for big values).
+  T& emplace_back() {
     if (size_ == items_.size()) grow();
-    items_[(head_ + size_) & (items_.size() - 1)] = std::move(value);
     ++size_;
+    return items_[(head_ + size_ - 1) & (items_.size() - 1)];
   }
   T pop_front() {
     T value = std::move(items_[head_]);
     items_[head_] = T{};
+    discard_front();
+    return value;
+  }
+  // Removes the front element after the caller moved its value out of front() (it is left as
+  // it is: moved-from, overwritten by a later push).
+  void discard_front() {
     head_ = (head_ + 1) & (items_.size() - 1);
     --size_;
-    return value;
   }
   void clear() {
     while (size_ > 0) pop_front();

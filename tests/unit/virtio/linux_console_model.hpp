@@ -65,6 +65,7 @@ struct LinuxConsoleOptions {
   size_t control_rx_buffers = 0;            // 0: fill control-rx (Linux's fill_queue)
   uint32_t control_buffer_size = 4096;
   size_t port_rx_buffers = 0;               // 0: fill each port's receiveq
+  bool fill_port_rx = true;  // false: post no port rx buffers (a benchmark drives those queues)
   uint32_t rx_buffer_size = 4096;
   bool refill_control = true;       // re-add each control buffer after handling it (Linux)
   bool resize_cols_first = false;   // a kernel with commit 5326ab737a47
@@ -408,6 +409,7 @@ class LinuxConsoleModel {
   // fill_queue(): buffers until the queue is full (ENOSPC is fine: a re-added port finds the
   // buffers of its previous incarnation still there).
   void fill_rx(uint32_t id) {
+    if (!options_.fill_port_rx) return;
     FakeQueueDriver& d = driver(linux_console::rx_queue(id));
     const size_t want = options_.port_rx_buffers ? options_.port_rx_buffers : d.size();
     bool added = false;
