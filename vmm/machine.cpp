@@ -195,6 +195,9 @@ void Machine::create_virtio_devices() {
       port.id = static_cast<uint32_t>(i);
       port.backend = chardev::make_port_backend(chardev::parse_port_backend(option.backend),
                                                 std::move(backend_options));
+      // Console ports follow their terminal's size (stdio, pty): kept to ask on SIGWINCH. The
+      // device owns the backend and keeps it for the machine's lifetime.
+      if (option.console) sized_console_ports_.emplace_back(port.id.value(), port.backend.get());
       ports.push_back(std::move(port));
     }
     virtio::console::ConsoleOptions options;
@@ -438,6 +441,15 @@ bool Machine::handle_exit(Vcpu& vcpu) {
   }
 }
 
+void Machine::update_console_sizes() {
+  if (console_ == nullptr) return;
+  for (const auto& [id, backend] : sized_console_ports_) {
+    if (const auto size = backend->terminal_size(); size && size->cols && size->rows) {
+      console_->resize(id, size->cols, size->rows);
+    }
+  }
+}
+
 void Machine::log_memory_footprint() const {
   if (!log::enabled(log::Level::kInfo)) return;
   // Guest RAM is anonymous memory; shared-library pages are file-backed and shared with every
@@ -460,6 +472,7 @@ int Machine::run() {
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGHUP);
+  sigaddset(&signals, SIGWINCH);
   sigaddset(&signals, kKickSignal);
   ::pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   sigdelset(&signals, kKickSignal);
@@ -468,10 +481,15 @@ int Machine::run() {
   loop_.add(signal_fd.get(), EPOLLIN, [this, fd = signal_fd.get()](uint32_t) {
     signalfd_siginfo info{};
     while (::read(fd, &info, sizeof(info)) == sizeof(info)) {
+      if (info.ssi_signo == SIGWINCH) {
+        update_console_sizes();  // the terminal was resized: tell the guest's hvc (RESIZE)
+        continue;
+      }
       log::warn("terminating on signal {}", info.ssi_signo);
       request_stop(StopReason::kSignal);
     }
   });
+  loop_.post([this] { update_console_sizes(); });
 
   threads_.reserve(vcpus_.size());
   for (unsigned i = 0; i < vcpus_.size(); ++i) {

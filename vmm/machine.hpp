@@ -24,7 +24,8 @@ namespace pier {
 
 namespace chardev {
 class Pump;
-}
+class PortBackend;
+}  // namespace chardev
 namespace pci {
 class Bus;
 }
@@ -87,6 +88,7 @@ class Machine {
   bool handle_exit(Vcpu& vcpu);
   void kick_vcpus();
   void log_memory_footprint() const;
+  void update_console_sizes();
 
   MachineConfig config_;
   std::unique_ptr<Kvm> kvm_;
@@ -103,6 +105,7 @@ class Machine {
   std::unique_ptr<pci::Bus> pci_;
   std::vector<std::shared_ptr<virtio::PciTransport>> virtio_devices_;
   virtio::console::ConsoleDevice* console_ = nullptr;  // owned by its transport
+  std::vector<std::pair<uint32_t, chardev::PortBackend*>> sized_console_ports_;
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   std::vector<std::thread> threads_;
   boot::LoadedKernel kernel_;
