@@ -39,6 +39,9 @@ static struct port_run runs[VCON_MAX_PORTS];
 static uint8_t chunk[VCON_BUF * 4];
 static uint64_t total_bytes;
 static unsigned nports;
+// dir=both (default) | h2g (the guest only reads) | g2h (the guest only writes);
+// echo=1: port 1 sends back every byte it receives (ping-pong latency), total_bytes in all.
+static int do_tx = 1, do_rx = 1, echo;
 
 static uint64_t data_loop(uint64_t arg) {
   (void)arg;
@@ -50,9 +53,18 @@ static uint64_t data_loop(uint64_t arg) {
     int done = 1;
     for (unsigned p = 1; p <= nports; ++p) {
       struct port_run *r = &runs[p];
+      if (echo) {
+        uint32_t got = vcon_read(&con, p, chunk, sizeof(chunk));
+        uint32_t off = 0;
+        while (off < got) off += vcon_write(&con, p, chunk + off, got - off);
+        r->received += got;
+        r->queued += got;
+        if (r->received < total_bytes || vcon_tx_completed(&con, p) < total_bytes) done = 0;
+        continue;
+      }
       // Refill the transmit side while the device takes chains (it holds them while the host
       // side is slow or gone: that is the flow control under test).
-      while (r->queued < total_bytes) {
+      while (do_tx && r->queued < total_bytes) {
         const uint64_t left = total_bytes - r->queued;
         const uint32_t n = left < sizeof(chunk) ? (uint32_t)left : sizeof(chunk);
         struct stream save = r->tx;
@@ -65,7 +77,7 @@ static uint64_t data_loop(uint64_t arg) {
         if (took < n) break;
       }
       uint32_t got;
-      while ((got = vcon_read(&con, p, chunk, sizeof(chunk))) > 0) {
+      while (do_rx && (got = vcon_read(&con, p, chunk, sizeof(chunk))) > 0) {
         for (uint32_t i = 0; i < got; ++i) {
           if (chunk[i] != stream_next(&r->rx)) {
             if (!r->bad) r->first_bad = r->received + i;
@@ -74,7 +86,10 @@ static uint64_t data_loop(uint64_t arg) {
         }
         r->received += got;
       }
-      if (r->received < total_bytes || vcon_tx_completed(&con, p) < total_bytes) done = 0;
+      if ((do_rx && r->received < total_bytes) ||
+          (do_tx && vcon_tx_completed(&con, p) < total_bytes)) {
+        done = 0;
+      }
     }
     if (done) return 0;
     if (rdtsc() - start > timeout) return 1;
@@ -91,6 +106,11 @@ static uint64_t linger_loop(uint64_t ms) {
 int test_main(void) {
   nports = (unsigned)cmdline_u64("ports", 1);
   total_bytes = cmdline_u64("bytes", 1 << 20);
+  char dir[8] = "both";
+  cmdline_str("dir", dir, sizeof(dir));
+  do_tx = strcmp(dir, "h2g") != 0;
+  do_rx = strcmp(dir, "g2h") != 0;
+  echo = cmdline_has("echo");
   if (nports < 1 || nports + 1 > VCON_MAX_PORTS) test_fail("ports=%u out of range", nports);
   int rc = vcon_init(&con, nports + 1, 10000);
   CHECK(rc == 0, "virtio-console set-up and handshake: %d", rc);
@@ -117,8 +137,16 @@ int test_main(void) {
     struct port_run *r = &runs[p];
     printf("port %u: sent %lu (completed %lu), received %lu, %lu bad (first at %lu)\n", p,
            r->queued, vcon_tx_completed(&con, p), r->received, r->bad, r->first_bad);
-    CHECK(r->received == total_bytes && r->bad == 0, "port %u received the host stream intact", p);
-    CHECK(vcon_tx_completed(&con, p) == total_bytes, "port %u: device completed every write", p);
+    if (echo) {
+      CHECK(r->received == total_bytes, "port %u echoed %lu bytes", p, r->received);
+      continue;
+    }
+    if (do_rx) {
+      CHECK(r->received == total_bytes && r->bad == 0, "port %u received the host stream intact", p);
+    }
+    if (do_tx) {
+      CHECK(vcon_tx_completed(&con, p) == total_bytes, "port %u: device completed every write", p);
+    }
   }
   // linger_ms=N: stay up (spinning in CPL3) so the host can still connect, e.g. to the console.
   const uint64_t linger = cmdline_u64("linger_ms", 0);
