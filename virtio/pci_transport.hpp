@@ -78,6 +78,12 @@ class PciTransport final : public pci::Function,
   Device& device() { return *device_; }
   uint8_t status() const;
   uint64_t bar0_address() const { return config_.bar_address(0); }
+  uint64_t bar0_size() const { return config_.bar(0).size; }
+  uint64_t msix_bar_address() const { return config_.bar_address(kMsixBar); }
+  uint64_t msix_bar_size() const { return config_.bar(kMsixBar).size; }
+  unsigned msix_vectors() const { return msix_.vectors(); }
+  unsigned slot() const { return slot_; }
+  unsigned intx_gsi_number() const { return intx_gsi(); }
   uint64_t notify_address(uint16_t queue) const {
     return bar0_address() + kNotifyOffset + uint64_t(queue) * kNotifyMultiplier;
   }

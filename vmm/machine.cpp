@@ -13,6 +13,7 @@
 #include "boot/acpi.hpp"
 #include "boot/cpu_setup.hpp"
 #include "boot/e820.hpp"
+#include "boot/fdt.hpp"
 #include "boot/layout.hpp"
 #include "boot/zero_page.hpp"
 #include "devices/chardev/port_backend.hpp"
@@ -106,8 +107,8 @@ void set_lapic_lints(Vcpu& vcpu) {
 Machine::Machine(const MachineConfig& config) : config_(config) {
   create_vm();
   create_devices();
+  create_virtio_devices();  // before the guest images: the device tree describes the devices
   load_guest();
-  create_virtio_devices();
   create_vcpus();
 }
 
@@ -277,6 +278,34 @@ void Machine::load_guest() {
   acpi_config.cpus = config_.cpus;
   const uint64_t rsdp = acpi::write_acpi_tables(mem, acpi_config);
 
+  // The device tree: memory, CPUs, PCI devices with their BARs and vectors, console ports.
+  boot::MachineDescription description;
+  description.memory.assign(mem.regions().begin(), mem.regions().end());
+  description.cpus = config_.cpus;
+  description.cmdline = config_.cmdline;
+  for (const auto& dev : virtio_devices_) {
+    boot::FdtPciDevice d;
+    d.slot = dev->slot();
+    d.vendor = 0x1af4;
+    d.device = static_cast<uint16_t>(0x1040 + dev->device().device_id());
+    d.name = dev->name();
+    d.bar0 = dev->bar0_address();
+    d.bar0_size = dev->bar0_size();
+    d.msix_bar = dev->msix_bar_address();
+    d.msix_bar_size = dev->msix_bar_size();
+    d.msix_vectors = dev->msix_vectors();
+    d.intx_gsi = dev->intx_gsi_number();
+    description.pci.push_back(d);
+  }
+  for (size_t i = 0; i < config_.ports.size(); ++i) {
+    description.console_ports.push_back({static_cast<uint32_t>(i), config_.ports[i].name,
+                                         config_.ports[i].console, config_.ports[i].backend});
+  }
+  description.console_max_ports = config_.max_ports;
+  dtb_ = boot::build_fdt(description);
+  const uint64_t setup_data =
+      boot::write_setup_dtb(mem, layout::kSetupData, layout::kSetupDataMax, dtb_);
+
   boot::ZeroPageConfig zp;
   zp.setup_header = kernel_.setup_header;
   zp.cmdline_address = layout::kCmdline;
@@ -285,6 +314,7 @@ void Machine::load_guest() {
   zp.initrd_size = initrd_size;
   zp.e820 = boot::build_e820(mem.regions());
   zp.acpi_rsdp = rsdp;
+  zp.setup_data = setup_data;
   const boot::ZeroPage page = boot::build_zero_page(zp);
   mem.load(layout::kZeroPage, page, "zero page");
 

@@ -61,6 +61,7 @@ struct MachineConfig {
   unsigned max_ports = 31;
   HostProfile host;
   std::string kvm_device = "/dev/kvm";
+  std::string dump_dtb;  // write the device tree here and do not run
 };
 
 class Machine {
@@ -74,6 +75,8 @@ class Machine {
   // process exit code: 0 for power-off, reset, signal and quit; non-zero for guest crashes and
   // KVM errors.
   int run();
+  // The flattened device tree given to the guest.
+  const std::vector<uint8_t>& device_tree() const { return dtb_; }
 
   // Any thread: ends the run with `reason`.
   void request_stop(StopReason reason);
@@ -110,6 +113,7 @@ class Machine {
   std::vector<std::thread> threads_;
   boot::LoadedKernel kernel_;
   std::unique_ptr<ExitAssist> assist_;
+  std::vector<uint8_t> dtb_;
 
   std::atomic<StopReason> stop_reason_{StopReason::kNone};
   std::atomic<bool> stopping_{false};

@@ -33,6 +33,17 @@ int run_command(const std::vector<std::string>& args) {
   pier::log::set_level(pier::log::parse_level(options.log_level));
   pier::log::info("host profile: {}", options.machine.host.name());
   pier::Machine machine(options.machine);
+  if (!options.machine.dump_dtb.empty()) {
+    const auto& dtb = machine.device_tree();
+    FILE* f = std::fopen(options.machine.dump_dtb.c_str(), "wb");
+    if (f == nullptr || std::fwrite(dtb.data(), 1, dtb.size(), f) != dtb.size()) {
+      if (f) std::fclose(f);
+      throw pier::Error(
+          fmt::format("cannot write the device tree to '{}'", options.machine.dump_dtb));
+    }
+    std::fclose(f);
+    return 0;
+  }
   return machine.run();
 }
 

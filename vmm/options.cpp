@@ -191,7 +191,10 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
     ("log-level", po::value<std::string>(&out.log_level)->default_value("warn"),
      "error, warn, info, debug or trace (to stderr)")
     ("kvm-device", po::value<std::string>(&out.machine.kvm_device)->default_value("/dev/kvm"),
-     "the KVM device node");
+     "the KVM device node")
+    ("dump-dtb", po::value<std::string>(&out.machine.dump_dtb),
+     "write the machine's device tree (the one the guest gets) to FILE and exit; "
+     "dtc -I dtb FILE shows it");
   // clang-format on
   std::ostringstream help;
   help << desc;
