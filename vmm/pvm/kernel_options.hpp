@@ -25,5 +25,7 @@ std::string join(const std::vector<KernelOption>& options);
 // The clearcpuid= list; Linux 6.1 reads at most 127 characters of it (a 128-byte buffer), so
 // its length is checked by a unit test.
 std::string clearcpuid_list();
+// Built-in initcalls the profile skips (initcall_blacklist=).
+std::string initcall_blacklist();
 
 }  // namespace pier::pvm
