@@ -118,6 +118,19 @@ int test_main(void) {
   int rc = vcon_init(&con, nports + 1, 10000);
   CHECK(rc == 0, "virtio-console set-up and handshake: %d", rc);
   if (rc) return 1;
+  // The device answers each PORT_READY with CONSOLE_PORT / PORT_NAME / PORT_OPEN afterwards:
+  // keep handling control messages until port 0 is the console and every named port has its name.
+  {
+    const uint64_t khz = tsc_khz() ? tsc_khz() : 3000000;
+    const uint64_t deadline = rdtsc() + 10000 * khz;
+    for (;;) {
+      vcon_poll_control(&con);
+      int complete = con.ports[0].console;
+      for (unsigned p = 1; p <= nports; ++p) complete &= con.ports[p].name[0] != 0;
+      if (complete || rdtsc() > deadline) break;
+      pause();
+    }
+  }
   printf("virtio-console: max_nr_ports %u, %u control messages\n", con.max_ports, con.control_msgs);
   CHECK(con.ports[0].console, "port 0 is a console port");
   for (unsigned p = 1; p <= nports; ++p) {
