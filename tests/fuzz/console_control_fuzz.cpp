@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -38,8 +39,24 @@ struct Ports {
   std::vector<std::shared_ptr<FakePortBackend::State>> state;  // by id (null: none)
 };
 
+// Ports for which the fuzzer forged a PORT_READY while the guest model still had an earlier
+// incarnation of the id. Linux sends PORT_READY only in answer to a PORT_ADD (after handling
+// the PORT_REMOVE of the id's previous incarnation, which comes first) or after a reset, so a
+// genuine guest's view of the port always matches the device's; a forged one can hand the
+// queues to a new generic incarnation while the model still writes to them as its old hvc
+// console. That guest only hurts itself (its console write waits), so the console-tx invariant
+// is not applied to such a port until the guest model has seen its PORT_REMOVE.
+std::set<uint32_t> forged_ready;
+
+bool console_tx_of_forged_port(const std::string& problem) {
+  const std::string prefix = "console tx on port ";
+  if (problem.rfind(prefix, 0) != 0) return false;
+  return forged_ready.count(static_cast<uint32_t>(std::stoul(problem.substr(prefix.size())))) > 0;
+}
+
 void check(LinuxConsoleModel& os, console::ConsoleDevice& device, uint32_t max_ports) {
   for (const auto& p : os.problems()) {
+    if (console_tx_of_forged_port(p)) continue;
     // Problems the guest can cause itself (e.g. a PORT_READY for a port it was never given gets
     // an answer it then calls "Invalid index") are not device bugs; these are.
     if (p.find("not completed at once") != std::string::npos ||
@@ -49,14 +66,21 @@ void check(LinuxConsoleModel& os, console::ConsoleDevice& device, uint32_t max_p
       fail(p);
     }
   }
+  os.clear_problems();  // each is judged once, against the state of its own moment
+  static const bool trace = std::getenv("CONSOLE_FUZZ_TRACE") != nullptr;
   for (const auto& r : os.control_log()) {
     using namespace linux_console;
+    if (trace) {
+      std::fprintf(stderr, "  guest got id %u event %u value %u (%u bytes)\n", r.id, r.event,
+                   r.value, r.len);
+    }
     if (r.len < 8) fail("control message shorter than its header");
     if (r.event != kPortAdd && r.event != kPortRemove && r.event != kConsolePort &&
         r.event != kResize && r.event != kPortOpen && r.event != kPortName) {
       fail("device sent event " + std::to_string(r.event));
     }
     if (r.id >= max_ports) fail("device sent id " + std::to_string(r.id));
+    if (r.event == kPortRemove) forged_ready.erase(r.id);
     if (r.event == kPortOpen && r.value > 1) fail("PORT_OPEN value " + std::to_string(r.value));
     if (r.event == kPortName && r.payload.empty() && os.options().control_buffer_size > 8) {
       fail("empty PORT_NAME in a buffer with room for it");
@@ -111,11 +135,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     auto [backend, state] = make_fake_backend(in.ConsumeBool());
     console::PortConfig c;
     c.console = i == 0 || in.ConsumeBool();
-    if (in.ConsumeBool()) c.name = "p" + std::to_string(i) + std::string(in.ConsumeIntegralInRange<size_t>(0, 40), 'n');
+    if (in.ConsumeBool())
+      c.name = "p" + std::to_string(i) + std::string(in.ConsumeIntegralInRange<size_t>(0, 40), 'n');
     c.backend = std::move(backend);
     ports.state[i] = state;
     configs.push_back(std::move(c));
   }
+  forged_ready.clear();
   FakeGuest guest(32ull << 20);
   console::ConsoleDevice device(loop, options, std::move(configs));
   LinuxConsoleOptions lo;
@@ -133,7 +159,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // CONSOLE_FUZZ_TRACE=1 prints each operation (to reproduce a finding by hand).
   static const bool trace = std::getenv("CONSOLE_FUZZ_TRACE") != nullptr;
   if (trace) {
-    std::fprintf(stderr, "max_ports %u, %u ports, control buffers %zu x %u (refill %d), rx %zu x %u, "
+    std::fprintf(stderr,
+                 "max_ports %u, %u ports, control buffers %zu x %u (refill %d), rx %zu x %u, "
                  "ring %zu\n",
                  max, initial, lo.control_rx_buffers, lo.control_buffer_size, lo.refill_control,
                  lo.port_rx_buffers, lo.rx_buffer_size, options.console_ring_bytes);
@@ -145,8 +172,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     switch (op) {
       case 0: {  // a well-formed-looking control message
         const uint32_t id = in.ConsumeBool() ? pick() : in.ConsumeIntegral<uint32_t>();
-        os->send_control(id, in.ConsumeIntegralInRange<uint16_t>(0, 9),
-                         in.ConsumeIntegralInRange<uint16_t>(0, 8));
+        const uint16_t event = in.ConsumeIntegralInRange<uint16_t>(0, 9);
+        const uint16_t value = in.ConsumeIntegralInRange<uint16_t>(0, 8);
+        if (trace)
+          std::fprintf(stderr, "  guest sends id %u event %u value %u\n", id, event, value);
+        if (event == linux_console::kPortReady && os->port(id) != nullptr) forged_ready.insert(id);
+        os->send_control(id, event, value);
         break;
       }
       case 1: {  // raw bytes as a control message (length >= 1: 0 would be a queue error)
@@ -155,8 +186,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         os->send_raw_control(bytes);
         break;
       }
-      case 2: os->refill_control(in.ConsumeIntegralInRange<size_t>(1, 8)); break;
-      case 3: os->control_work(); break;
+      case 2:
+        os->refill_control(in.ConsumeIntegralInRange<size_t>(1, 8));
+        break;
+      case 3:
+        os->control_work();
+        break;
       case 4: {
         auto& s = ports.state[pick()];
         if (!s || s->stopped) break;
@@ -169,7 +204,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       }
       case 5: {
         auto& s = ports.state[pick()];
-        if (s && !s->stopped) s->send(in.ConsumeBytesAsString(in.ConsumeIntegralInRange<size_t>(0, 100)));
+        if (s && !s->stopped)
+          s->send(in.ConsumeBytesAsString(in.ConsumeIntegralInRange<size_t>(0, 100)));
         break;
       }
       case 6: {
@@ -183,11 +219,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       }
       case 7: {
         const uint32_t id = pick();
-        const std::string bytes = in.ConsumeBytesAsString(in.ConsumeIntegralInRange<size_t>(1, 100));
+        const std::string bytes =
+            in.ConsumeBytesAsString(in.ConsumeIntegralInRange<size_t>(1, 100));
         auto* p = os->port(id);
         if (trace) {
           std::fprintf(stderr, "  write %zu bytes to port %u (guest: %s)\n", bytes.size(), id,
-                       p == nullptr ? "none" : p->console ? "console" : "generic");
+                       p == nullptr ? "none"
+                       : p->console ? "console"
+                                    : "generic");
         }
         if (p != nullptr && p->console) {
           os->put_chars(id, bytes);
@@ -199,6 +238,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       case 8: {  // hot-plug
         const uint32_t id = pick();
         if (in.ConsumeBool()) {
+          if (trace) std::fprintf(stderr, "  host removes port %u\n", id);
           try {
             device.remove_port(id);
           } catch (const Error&) {
@@ -208,8 +248,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           console::PortConfig c;
           c.id = id;
           c.console = in.ConsumeBool();
-          if (in.ConsumeBool()) c.name = "hot" + std::to_string(in.ConsumeIntegralInRange<int>(0, 3));
+          if (in.ConsumeBool())
+            c.name = "hot" + std::to_string(in.ConsumeIntegralInRange<int>(0, 3));
           c.backend = std::move(backend);
+          if (trace) std::fprintf(stderr, "  host adds port %u console %d\n", id, c.console);
           try {
             device.add_port(std::move(c));
             ports.state[id] = state;
@@ -224,7 +266,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         } catch (const Error&) {
         }
         break;
-      case 10: os->settle(); break;
+      case 10:
+        os->settle();
+        break;
       case 11: {
         auto& s = ports.state[pick()];
         if (s && !s->stopped) {
@@ -241,7 +285,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         device.write_config(in.ConsumeIntegralInRange<uint64_t>(0, 16), std::span(&ch, 1));
         break;
       }
-      case 13: os->in_intr(pick()); break;
+      case 13:
+        os->in_intr(pick());
+        break;
       case 14:
         if (in.ConsumeBool()) {
           if (!os->freeze_and_restore()) fail("restore failed");

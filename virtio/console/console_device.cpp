@@ -769,6 +769,22 @@ void ConsoleDevice::handle_driver_message(std::span<const uint8_t> bytes) {
       }
       return;
     }
+    // The guest cannot have this incarnation before its PORT_ADD reached it, nor while the
+    // PORT_REMOVE of an earlier incarnation of the id is still on its way: a PORT_READY then
+    // answers the old port (or is forged). Taking it would hand the queues to the new port
+    // while the guest may still write to them as the old one - as a spinning hvc console.
+    for (const auto& pending : control_pending_) {
+      if (pending.id == m.id && (pending.event == ControlEvent::kPortAdd ||
+                                 pending.event == ControlEvent::kPortRemove)) {
+        ++stats_.control_ignored;
+        if (early_ready_logged_.first()) {
+          log::warn("virtio-console: PORT_READY for port {} before its PORT_ADD reached the "
+                    "guest; ignored",
+                    m.id);
+        }
+        return;
+      }
+    }
     answer_port_ready(*p);
     return;
   }

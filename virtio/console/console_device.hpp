@@ -273,8 +273,8 @@ class ConsoleDevice final : public Device {
   // Log-once flags: one per kind of guest nonsense, per device.
   std::array<log::OnceFlag, 8> parse_logged_;
   log::OnceFlag unknown_port_logged_, not_ready_logged_, device_ready_fail_logged_,
-      device_ready_dup_logged_, port_ready_fail_logged_, short_control_buffer_logged_,
-      name_cut_logged_, empty_rx_logged_, orphan_tx_logged_, ring_drop_logged_,
+      device_ready_dup_logged_, port_ready_fail_logged_, early_ready_logged_,
+      short_control_buffer_logged_, name_cut_logged_, empty_rx_logged_, orphan_tx_logged_, ring_drop_logged_,
       emergency_drop_logged_, discard_logged_;
 };
 

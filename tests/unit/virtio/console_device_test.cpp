@@ -726,6 +726,30 @@ TEST(ConsoleDevice, ConsoleReplacedByAGenericPortNeverStallsTheOldHvc) {
   EXPECT_FALSE(h.guest_port(0).console);
 }
 
+TEST(ConsoleDevice, PortReadyBeforeItsPortAddReachedTheGuestIsIgnored) {
+  // The guest cannot have a port whose PORT_ADD is still waiting on the host for a control
+  // buffer: a PORT_READY then answers an earlier incarnation of the id (or is forged) and must
+  // not hand the queues to the new port.
+  LinuxConsoleOptions lo;
+  lo.control_rx_buffers = 1;
+  lo.refill_control = false;
+  ConsoleHarness h(small_console_options(), lo);
+  h.port("", true);
+  auto p1 = h.port("org.pier.agent");
+  h.start();
+  ASSERT_TRUE(h.os->probe());  // PORT_ADD(0) delivered, PORT_ADD(1) waiting on the host
+  const uint64_t ignored = h.device->stats().control_ignored;
+  h.os->send_control(1, kPortReady, 1);
+  EXPECT_FALSE(h.stats(1).guest_ready);
+  EXPECT_EQ(h.device->stats().control_ignored, ignored + 1);
+  // The real handshake still completes once the guest gets its buffers.
+  h.os->refill_control(16);
+  h.os->settle();
+  EXPECT_TRUE(h.os->problems().empty()) << h.os->problems_text();
+  EXPECT_TRUE(h.stats(1).guest_ready);
+  EXPECT_EQ(h.guest_port(1).name, "org.pier.agent");
+}
+
 TEST(ConsoleDevice, RemoveBeforeTheGuestHeardOfThePortWithdrawsItsAdd) {
   LinuxConsoleOptions lo;
   lo.control_rx_buffers = 1;

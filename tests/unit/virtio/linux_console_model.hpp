@@ -338,6 +338,7 @@ class LinuxConsoleModel {
   const std::vector<Received>& control_log() const { return control_log_; }
   void clear_control_log() { control_log_.clear(); }
   const std::vector<std::string>& problems() const { return problems_; }
+  void clear_problems() { problems_.clear(); }
   std::string problems_text() const {
     std::string all;
     for (const auto& p : problems_) all += p + "\n";
