@@ -203,6 +203,9 @@ void Machine::create_virtio_devices() {
     }
     virtio::console::ConsoleOptions options;
     options.max_ports = config_.max_ports;
+    options.console_ring_bytes = config_.console_ring_bytes;
+    options.resize_layout = config_.resize_cols_first ? virtio::console::ResizeLayout::kColsRows
+                                                      : virtio::console::ResizeLayout::kRowsCols;
     auto device =
         std::make_unique<virtio::console::ConsoleDevice>(loop_, options, std::move(ports));
     console_ = device.get();

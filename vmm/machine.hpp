@@ -59,6 +59,10 @@ struct MachineConfig {
   // virtio-console: ports[0] is port 0 (hvc0); empty = no console device.
   std::vector<PortOption> ports;
   unsigned max_ports = 31;
+  // RESIZE payload order: false = rows first (Linux 6.1 and other kernels without commit
+  // 5326ab737a47), true = cols first (the virtio spec, kernels with that commit).
+  bool resize_cols_first = false;
+  uint64_t console_ring_bytes = 64 * 1024;  // console output kept per port while nobody reads
   HostProfile host;
   std::string kvm_device = "/dev/kvm";
   std::string dump_dtb;  // write the device tree here and do not run

@@ -151,7 +151,7 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
   unsigned time_dilation = 0;
   std::vector<std::string> guest_command;
   std::vector<std::string> port_texts;
-  std::string cmdline, console;
+  std::string cmdline, console, resize_order, console_ring;
   po::options_description desc(
       "Usage: pier run [options] [-- command for the default guest's init]\n\nOptions");
   // clang-format off
@@ -177,6 +177,13 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
      "/dev/virtio-ports/NAME (console ports become hvcN instead)")
     ("max-ports", po::value<unsigned>(&out.machine.max_ports)->default_value(31),
      "virtio-console ports the guest driver sets up queues for (1-511)")
+    ("resize-order", po::value<std::string>(&resize_order)->default_value("rows-cols"),
+     "field order of the console RESIZE message: rows-cols for Linux 6.1 (Debian 12) and other "
+     "kernels without commit 5326ab737a47; cols-rows (the virtio spec) for kernels with it. "
+     "Linux merged, reverted and backported that commit, so the version does not tell")
+    ("console-ring", po::value<std::string>(&console_ring)->default_value("64K"),
+     "console output kept per console port while no client reads it, replayed to the next "
+     "(oldest bytes dropped beyond it, counted); 0 to keep none, up to 64M")
     ("boot-method", po::value<std::string>(&boot_method)->default_value("auto"),
      "bzimage: the 64-bit boot protocol, the kernel decompresses itself; direct: pier "
      "decompresses the bzImage payload and enters the kernel proper; auto: direct where guest "
@@ -265,6 +272,15 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
     out.machine.ports.push_back(std::move(port));
   }
   if (!out.machine.ports.empty()) chardev::parse_port_backend(out.machine.ports[0].backend);
+  if (resize_order == "cols-rows") {
+    out.machine.resize_cols_first = true;
+  } else if (resize_order != "rows-cols") {
+    throw Error(fmt::format("--resize-order {}: expected rows-cols or cols-rows", resize_order));
+  }
+  out.machine.console_ring_bytes = parse_size(console_ring);
+  if (out.machine.console_ring_bytes > (64ull << 20)) {
+    throw Error(fmt::format("--console-ring {} is more than 64M", console_ring));
+  }
   if (out.machine.max_ports == 0 || out.machine.max_ports > 511) {
     throw Error(fmt::format("--max-ports {} is out of range (1-511)", out.machine.max_ports));
   }

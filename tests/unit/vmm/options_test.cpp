@@ -112,5 +112,19 @@ TEST(PortOptions, PortsConsoleAndStdioDefaults) {
   EXPECT_THROW(parse_run_options({"--kernel", "/k", "--max-ports", "0"}), Error);
 }
 
+TEST(PortOptions, ResizeOrderAndConsoleRing) {
+  auto o = parse_run_options({"--kernel", "/k"});
+  EXPECT_FALSE(o.machine.resize_cols_first);  // Debian 12's 6.1 reads rows first
+  EXPECT_EQ(o.machine.console_ring_bytes, 64u * 1024);
+  o = parse_run_options({"--kernel", "/k", "--resize-order", "cols-rows", "--console-ring", "1M"});
+  EXPECT_TRUE(o.machine.resize_cols_first);
+  EXPECT_EQ(o.machine.console_ring_bytes, 1u << 20);
+  o = parse_run_options({"--kernel", "/k", "--console-ring", "0"});
+  EXPECT_EQ(o.machine.console_ring_bytes, 0u);
+  EXPECT_THROW(parse_run_options({"--kernel", "/k", "--resize-order", "cols"}), Error);
+  EXPECT_THROW(parse_run_options({"--kernel", "/k", "--console-ring", "65M"}), Error);
+  EXPECT_THROW(parse_run_options({"--kernel", "/k", "--console-ring", "lots"}), Error);
+}
+
 }  // namespace
 }  // namespace pier
