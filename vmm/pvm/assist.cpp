@@ -72,7 +72,9 @@ PvmAssist::PvmAssist(const GuestMemory& memory, KernelOptionsConfig options)
 
 std::string PvmAssist::linux_kernel_options() const {
   const auto options = kernel_options(options_);
-  for (const auto& o : options) log::debug("pvm kernel option {}: {}", o.text, o.why);
+  for (const auto& o : options) {
+    log::debug("pvm kernel option (Linux guests) {}: {}", o.text, o.why);
+  }
   return join(options);
 }
 
