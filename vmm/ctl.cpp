@@ -138,6 +138,16 @@ class LineReader {
   std::string buf_;
 };
 
+double number(const std::string& text, const char* what) {
+  try {
+    size_t used = 0;
+    const double v = std::stod(text, &used);
+    if (used == text.size()) return v;
+  } catch (const std::exception&) {
+  }
+  throw Error(fmt::format("{} '{}' is not a number", what, text));
+}
+
 bool all_digits(std::string_view s) {
   return !s.empty() && s.find_first_not_of("0123456789") == std::string_view::npos;
 }
@@ -205,7 +215,7 @@ int ctl_command(const std::vector<std::string>& args) {
     } else if (a == "--json") {
       as_json = true;
     } else if (words.empty() && a == "--timeout") {
-      timeout_ms = static_cast<int>(std::stod(value()) * 1000);
+      timeout_ms = static_cast<int>(number(value(), "--timeout") * 1000);
     } else {
       words.push_back(a);
     }
@@ -234,7 +244,7 @@ int ctl_command(const std::vector<std::string>& args) {
     long count = -1;
     for (size_t i = 0; i < rest.size(); ++i) {
       if (rest[i] == "--count" && i + 1 < rest.size()) {
-        count = std::stol(rest[++i]);
+        count = static_cast<long>(number(rest[++i], "--count"));
       } else {
         throw Error("usage: pier ctl events [--count N]");
       }
@@ -312,7 +322,7 @@ int port_command(const std::vector<std::string>& args) {
       return 0;
     }
     if (args[i] == "--wait" && i + 1 < args.size()) {
-      wait_s = std::stod(args[++i]);
+      wait_s = number(args[++i], "--wait");
     } else if (target.empty() && !args[i].starts_with("-")) {
       target = args[i];
     } else {
