@@ -3,10 +3,10 @@
 // takes "close NAME"/"open NAME" commands on its console. Hot-plug of 20 ports with data on
 // each, remove and re-add, events in order, bad input on the live socket, pier ctl and pier port.
 #include <fcntl.h>
-#include <signal.h>
-#include <stdlib.h>
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -317,8 +317,22 @@ TEST_F(Api, HotAddTwentyPortsMoveDataOnEachRemoveAndReAdd) {
   }
 
   // Beyond --max-ports: ids 21..23 are free, the 24th port is an error response.
+  // One of them is a console port (hvcN in a Linux guest): the guest's console comes up.
   for (unsigned i = 21; i <= 23; ++i) {
-    EXPECT_TRUE(add(api, "org.pier.extra" + std::to_string(i), "null").value("ok", false));
+    const json r = add(api, "org.pier.extra" + std::to_string(i), "null", i == 21);
+    EXPECT_TRUE(r.value("ok", false)) << r.dump();
+  }
+  EXPECT_FALSE(wait_event(watcher, "guest-opened", "org.pier.extra21").is_null());
+  {
+    const json p = api.call({{"cmd", "ports"}});
+    bool found = false;
+    for (const auto& port : p["result"]["ports"]) {
+      if (port["name"] != "org.pier.extra21") continue;
+      found = true;
+      EXPECT_TRUE(port["console"].get<bool>()) << port.dump();
+      EXPECT_TRUE(port["guest_connected"].get<bool>()) << port.dump();
+    }
+    EXPECT_TRUE(found) << p.dump();
   }
   const json full = add(api, "org.pier.toomany", "null");
   EXPECT_FALSE(full.value("ok", true));
