@@ -135,6 +135,18 @@ void Server::on_client(int fd, uint32_t events) {
   auto it = clients_.find(fd);
   if (it == clients_.end()) return;
   Client& c = *it->second;
+  // While this client is served, a drop (also one from a broadcast that a request of its own
+  // triggered, e.g. port-add -> port-added) only marks it; it is erased on the way out.
+  serving_fd_ = fd;
+  struct Sweep {
+    Server& server;
+    int fd;
+    ~Sweep() {
+      server.serving_fd_ = -1;
+      auto it = server.clients_.find(fd);
+      if (it != server.clients_.end() && it->second->dead) server.clients_.erase(it);
+    }
+  } sweep{*this, fd};
   if ((events & EPOLLOUT) != 0 && !flush(c)) return;
   if (c.input_paused && pending(c) <= limits_.pause_input_at / 2) {
     c.input_paused = false;
@@ -220,6 +232,7 @@ bool Server::respond(Client& c, const json& response) {
 }
 
 bool Server::send(Client& c, std::string_view line) {
+  if (c.dead) return false;
   if (pending(c) + line.size() + 1 > limits_.max_output) {
     drop(c.fd.get(), fmt::format("not reading its output ({} bytes queued, limit {}); dropped",
                                  pending(c) + line.size() + 1, limits_.max_output));
@@ -231,6 +244,7 @@ bool Server::send(Client& c, std::string_view line) {
 }
 
 bool Server::flush(Client& c) {
+  if (c.dead) return false;
   while (pending(c) > 0) {
     const ssize_t n =
         ::send(c.fd.get(), c.out.data() + c.out_off, pending(c), MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -256,6 +270,7 @@ bool Server::flush(Client& c) {
 }
 
 void Server::update_interest(Client& c) {
+  if (c.dead) return;
   uint32_t want = 0;
   if (!c.input_paused && !c.input_eof) want |= EPOLLIN;
   if (pending(c) > 0) want |= EPOLLOUT;
@@ -267,13 +282,17 @@ void Server::update_interest(Client& c) {
 
 void Server::drop(int fd, std::string_view why) {
   auto it = clients_.find(fd);
-  if (it == clients_.end()) return;
+  if (it == clients_.end() || it->second->dead) return;
   if (why.empty()) {
     log::debug("api: client {} disconnected", it->second->serial);
   } else {
     log::warn("api: client {}: {}", it->second->serial, why);
   }
   loop_.remove(fd);
+  if (fd == serving_fd_) {
+    it->second->dead = true;  // erased when its handler returns (it still holds a reference)
+    return;
+  }
   clients_.erase(it);
 }
 
@@ -287,7 +306,7 @@ void Server::broadcast(const json& message) {
     auto it = clients_.find(fd);
     if (it == clients_.end()) continue;
     Client& c = *it->second;
-    if (c.input_eof) continue;  // it is leaving; only its answers go out
+    if (c.input_eof || c.dead) continue;  // it is leaving; only its answers go out
     if (send(c, line)) update_interest(c);
   }
 }

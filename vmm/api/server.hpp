@@ -62,6 +62,7 @@ class Server {
     size_t out_off = 0;
     uint32_t events = 0;  // as registered with the loop
     uint64_t serial = 0;
+    bool dead = false;  // dropped while its own handler runs; erased when that returns
   };
 
   void on_accept();
@@ -87,6 +88,7 @@ class Server {
   bool owns_file_ = false;
   struct stat created_ {};
   std::map<int, std::unique_ptr<Client>> clients_;
+  int serving_fd_ = -1;  // the client whose handler is running
   uint64_t next_serial_ = 1;
 };
 

@@ -2,6 +2,7 @@
 // A Target with ports in a table: what the request handler and the server are tested against.
 #include <fmt/format.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,7 @@ class FakeTarget final : public Target {
 
   AddedPort add_port(const std::string& name, const std::string& backend, bool console) override {
     ++add_calls;
+    if (on_add) on_add();
     if (backend.find('=') == std::string::npos && backend != "pty" && backend != "null") {
       throw Error(fmt::format("unknown port backend '{}'", backend));
     }
@@ -55,6 +57,8 @@ class FakeTarget final : public Target {
   }
 
   int add_calls = 0, remove_calls = 0, quit_calls = 0;
+  // Runs inside add_port (the machine broadcasts port-added from there).
+  std::function<void()> on_add;
 
  private:
   uint32_t max_ports_;

@@ -314,6 +314,29 @@ TEST_F(ServerFixture, AClientThatNeverReadsIsDroppedNotWaitedFor) {
   EXPECT_TRUE(good.response().value("ok", false));
 }
 
+TEST_F(ServerFixture, ABroadcastFromInsideARequestMayDropTheRequester) {
+  // port-add broadcasts port-added while the requester's request is being handled; an event too
+  // big for any client's output limit drops every client, the requester included, mid-request.
+  const std::string huge(ServerLimits{}.max_output + 1, 'h');
+  target.on_add = [&] { server.broadcast({{"event", "huge"}, {"pad", huge}}); };
+  Client requester(path);
+  Client bystander(path);
+  for (int i = 0; i < 100 && clients() != 2; ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_TRUE(
+      requester.send("{\"cmd\":\"port-add\",\"name\":\"a\",\"backend\":\"null\"}\n"
+                     "{\"cmd\":\"ports\"}\n"));
+  EXPECT_EQ(requester.line(2000ms), "");
+  EXPECT_TRUE(requester.eof());
+  EXPECT_EQ(bystander.line(2000ms), "");
+  EXPECT_TRUE(bystander.eof());
+  EXPECT_EQ(target.add_calls, 1);
+  target.on_add = nullptr;
+  Client next(path);  // the server carries on
+  ASSERT_TRUE(next.send("{\"cmd\":\"ports\"}\n"));
+  EXPECT_EQ(next.response()["result"]["ports"].size(), 1u);
+  EXPECT_EQ(clients(), 1u);
+}
+
 TEST(ApiServer, StaleSocketIsReplacedLiveOneIsAnError) {
   EventLoop loop;
   FakeTarget target;
