@@ -365,7 +365,10 @@ int port_command(const std::vector<std::string>& args) {
   char buf[65536];
   for (;;) {
     if (!stdin_open && to_sock.empty() && !write_shut) {
-      ::shutdown(sock.get(), SHUT_WR);  // the other side sees the end of our input
+      // A unix socket port sees the end of our input and stays connected for the guest's
+      // reply; pier treats a TCP half-close as the client leaving, so there we only stop
+      // sending.
+      if (is_path) ::shutdown(sock.get(), SHUT_WR);
       write_shut = true;
       if (wait_s == 0) break;
     }

@@ -576,6 +576,14 @@ TEST_F(Api, PierCtlAndPierPortFromAShell) {
   out = run_capture({"port", sock("shell")}, data, &status);
   EXPECT_EQ(status, 0);
   EXPECT_EQ(out, data);
+  // A tcp= port the same way (pier picks the port: the address is in the port-add result).
+  out = run_capture({"ctl", "--api-socket", api, "--json", "port-add", "org.pier.tcp", "tcp=0"}, "",
+                    &status);
+  ASSERT_EQ(status, 0) << out;
+  const std::string tcp_address = json::parse(out)["result"]["address"];
+  EXPECT_EQ(tcp_address.rfind("127.0.0.1:", 0), 0u) << tcp_address;
+  EXPECT_EQ(run_capture({"port", tcp_address}, "over tcp\n", &status), "over tcp\n");
+  EXPECT_EQ(status, 0);
   const std::string ev = events.get();  // port-added, guest-opened, host-connected
   EXPECT_NE(ev.find("port-added port 1 'org.pier.shell'"), std::string::npos) << ev;
   EXPECT_NE(ev.find("guest-opened port 1 'org.pier.shell'"), std::string::npos) << ev;
