@@ -23,6 +23,8 @@ const char* to_string(StopReason reason) {
       return "signal";
     case StopReason::kQuitKey:
       return "quit key";
+    case StopReason::kApiQuit:
+      return "quit from the API";
   }
   return "unknown";
 }

@@ -10,7 +10,16 @@
 
 namespace pier {
 
-enum class StopReason { kNone, kPowerOff, kReset, kTripleFault, kError, kSignal, kQuitKey };
+enum class StopReason {
+  kNone,
+  kPowerOff,
+  kReset,
+  kTripleFault,
+  kError,
+  kSignal,
+  kQuitKey,
+  kApiQuit
+};
 const char* to_string(StopReason reason);
 
 using StopHandler = std::function<void(StopReason)>;

@@ -7,6 +7,7 @@
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
 
@@ -23,9 +24,11 @@
 #include "virtio/console/console_device.hpp"
 #include "virtio/pci_transport.hpp"
 #include "virtio/rng.hpp"
+#include "vmm/api/server.hpp"
 #include "vmm/error.hpp"
 #include "vmm/irq_routing.hpp"
 #include "vmm/log.hpp"
+#include "vmm/options.hpp"
 #include "vmm/pci_platform.hpp"
 
 namespace pier {
@@ -103,6 +106,73 @@ void set_lapic_lints(Vcpu& vcpu) {
 }
 
 }  // namespace
+
+// The runtime API's view of the machine (I/O thread).
+class Machine::ApiTarget final : public api::Target {
+ public:
+  explicit ApiTarget(Machine& m) : m_(m) {}
+
+  AddedPort add_port(const std::string& name, const std::string& backend, bool console) override {
+    if (!valid_port_name(name)) {
+      throw Error(
+          fmt::format("invalid port name '{}': use 1-200 characters of letters, digits "
+                      "and ._-+:@ (e.g. org.pier.agent)",
+                      name));
+    }
+    const chardev::PortBackendSpec spec = chardev::parse_port_backend(backend);
+    if (spec.kind == chardev::PortBackendSpec::Kind::kStdio) {
+      throw Error(
+          "a port added at run time cannot use stdio (pier's terminal belongs to "
+          "--serial or --console)");
+    }
+    chardev::PortBackendOptions options;
+    options.label = name;
+    virtio::console::PortConfig port;
+    port.name = name;
+    port.console = console;
+    port.backend = chardev::make_port_backend(spec, std::move(options));
+    chardev::PortBackend* raw = port.backend.get();
+    const uint32_t id = m_.console_->add_port(std::move(port));  // validates, starts, announces
+    if (console) m_.sized_console_ports_.emplace_back(id, raw);
+    const auto stats = m_.console_->port_stats(id);
+    log::info("api: port {} '{}' added on {}", id, name, stats ? stats->backend : backend);
+    return {id, stats ? stats->backend : backend, raw->address()};
+  }
+
+  void remove_port(uint32_t id) override {
+    m_.console_->remove_port(id);
+    std::erase_if(m_.sized_console_ports_, [id](const auto& entry) { return entry.first == id; });
+    log::info("api: port {} removed", id);
+  }
+
+  std::vector<virtio::console::PortStats> ports() const override {
+    return m_.console_->port_stats();
+  }
+
+  api::json status() const override {
+    const auto uptime =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - m_.started_).count();
+    const auto device = m_.console_->stats();
+    return {{"state", m_.stopping_ ? "stopping" : "running"},
+            {"uptime_s", std::round(uptime * 1000) / 1000},
+            {"pid", ::getpid()},
+            {"cpus", m_.config_.cpus},
+            {"memory_bytes", m_.config_.memory_bytes},
+            {"kernel", m_.config_.kernel_path},
+            {"max_ports", m_.config_.max_ports},
+            {"ports", m_.console_->port_stats().size()},
+            {"console_driver_ready", device.driver_ready},
+            {"api_clients", m_.api_server_ ? m_.api_server_->client_count() : 0}};
+  }
+
+  void quit() override {
+    log::info("api: quit");
+    m_.request_stop(StopReason::kApiQuit);
+  }
+
+ private:
+  Machine& m_;
+};
 
 Machine::Machine(const MachineConfig& config) : config_(config) {
   create_vm();
@@ -483,6 +553,18 @@ void Machine::update_console_sizes() {
   }
 }
 
+void Machine::start_api() {
+  if (config_.api_socket.empty()) return;
+  if (console_ == nullptr) throw Error("--api-socket needs the virtio-console device");
+  api_target_ = std::make_unique<ApiTarget>(*this);
+  api_server_ = std::make_unique<api::Server>(loop_, config_.api_socket, *api_target_);
+  api_server_->start();
+  console_->set_observer([this](const virtio::console::PortEvent& event) {
+    if (api_server_)
+      api_server_->broadcast(api::event_json(event, std::chrono::system_clock::now()));
+  });
+}
+
 void Machine::log_memory_footprint() const {
   if (!log::enabled(log::Level::kInfo)) return;
   // Guest RAM is anonymous memory; shared-library pages are file-backed and shared with every
@@ -497,6 +579,7 @@ void Machine::log_memory_footprint() const {
 }
 
 int Machine::run() {
+  start_api();  // before any thread: a bad --api-socket is a setup error
   install_kick_handler();
   // Process signals go to the I/O thread's signalfd; block them here before any thread starts so
   // every thread inherits the mask.
@@ -537,6 +620,11 @@ int Machine::run() {
   loop_.remove(signal_fd.get());
 
   const StopReason reason = stop_reason_.load();
+  if (api_server_) {
+    console_->set_observer({});
+    api_server_->shutdown(
+        api::vm_stopped_json(to_string(reason), std::chrono::system_clock::now()));
+  }
   log::info("machine stopped: {}", to_string(reason));
   log_memory_footprint();
   for (const auto& dev : virtio_devices_) {
@@ -560,6 +648,7 @@ int Machine::run() {
     case StopReason::kReset:
     case StopReason::kSignal:
     case StopReason::kQuitKey:
+    case StopReason::kApiQuit:
       return 0;
     case StopReason::kTripleFault:
       return 2;

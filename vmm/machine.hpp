@@ -4,6 +4,7 @@
 // tables -> vCPUs with CPUID, MSRs, registers), then runs it: one thread per vCPU, the I/O thread
 // on the caller's thread.
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
@@ -35,6 +36,9 @@ namespace console {
 class ConsoleDevice;
 }
 }  // namespace virtio
+namespace api {
+class Server;
+}
 class KvmPciPlatform;
 class Uart16550;
 
@@ -66,6 +70,7 @@ struct MachineConfig {
   HostProfile host;
   std::string kvm_device = "/dev/kvm";
   std::string dump_dtb;  // write the device tree here and do not run
+  std::string api_socket;  // the runtime API's unix socket (empty: none)
 };
 
 class Machine {
@@ -96,6 +101,10 @@ class Machine {
   void kick_vcpus();
   void log_memory_footprint() const;
   void update_console_sizes();
+  void start_api();
+
+  class ApiTarget;
+  friend class ApiTarget;
 
   MachineConfig config_;
   std::unique_ptr<Kvm> kvm_;
@@ -121,6 +130,11 @@ class Machine {
 
   std::atomic<StopReason> stop_reason_{StopReason::kNone};
   std::atomic<bool> stopping_{false};
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+
+  // The runtime API (--api-socket), on the I/O thread. Destroyed first.
+  std::unique_ptr<ApiTarget> api_target_;
+  std::unique_ptr<api::Server> api_server_;
 };
 
 }  // namespace pier

@@ -151,12 +151,16 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
   unsigned time_dilation = 0;
   std::vector<std::string> guest_command;
   std::vector<std::string> port_texts;
-  std::string cmdline, console, resize_order, console_ring;
+  std::string cmdline, console, resize_order, console_ring, config_file;
   po::options_description desc(
       "Usage: pier run [options] [-- command for the default guest's init]\n\nOptions");
   // clang-format off
   desc.add_options()
     ("help,h", "show this help")
+    ("config", po::value<std::string>(&config_file),
+     "read options from FILE: one 'option = value' per line (the long names without --, e.g. "
+     "'memory = 1G', 'port = name=org.pier.agent,socket=/tmp/agent.sock'; '#' starts a comment). "
+     "Flags given on the command line override the file (any --port replaces the file's ports)")
     ("kernel,k", po::value<std::string>(&out.machine.kernel_path),
      "kernel: a bzImage or an ELF vmlinux (default: the default guest built by tools/guest-image)")
     ("initrd,i", po::value<std::string>(&out.machine.initrd_path), "initial ramdisk")
@@ -176,7 +180,11 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
      "a named virtio-console port, repeatable: name=NAME,BACKEND[,console]; the guest sees "
      "/dev/virtio-ports/NAME (console ports become hvcN instead)")
     ("max-ports", po::value<unsigned>(&out.machine.max_ports)->default_value(31),
-     "virtio-console ports the guest driver sets up queues for (1-511)")
+     "virtio-console ports the guest driver sets up queues for (1-511); ports added at run time "
+     "(port-add) count too")
+    ("api-socket", po::value<std::string>(&out.machine.api_socket),
+     "a unix socket for runtime control (pier ctl, or JSON lines: port-add, port-remove, ports, "
+     "vm-status, quit, and events); implies the virtio-console device")
     ("resize-order", po::value<std::string>(&resize_order)->default_value("rows-cols"),
      "field order of the console RESIZE message: rows-cols for Linux 6.1 (Debian 12) and other "
      "kernels without commit 5326ab737a47; cols-rows (the virtio spec) for kernels with it. "
@@ -223,6 +231,23 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
   po::variables_map vm;
   try {
     po::store(po::command_line_parser(own).options(desc).run(), vm);
+    if (vm.count("config")) {
+      const std::string path = vm["config"].as<std::string>();
+      std::ifstream file(path);
+      if (!file) throw Error(fmt::format("cannot read --config file '{}'", path));
+      po::parsed_options parsed = po::parse_config_file(file, desc);
+      // The command line wins: values stored first are kept, and any --port on the command line
+      // replaces the file's port lines instead of adding to them.
+      std::erase_if(parsed.options, [&](const po::option& o) {
+        return o.string_key == "config" || o.string_key == "help" ||
+               (o.string_key == "port" && vm.count("port"));
+      });
+      try {
+        po::store(parsed, vm);
+      } catch (const po::error& e) {
+        throw Error(fmt::format("{} in --config file '{}'", e.what(), path));
+      }
+    }
     po::notify(vm);
   } catch (const po::error& e) {
     throw Error(fmt::format("{} (see pier run --help)", e.what()));
@@ -249,7 +274,7 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
 
   // virtio-console ports: port 0 (hvc0) first, then the named ports in order.
   const bool console_on_stdio = console == "stdio";
-  if (!console.empty() || !port_texts.empty()) {
+  if (!console.empty() || !port_texts.empty() || !out.machine.api_socket.empty()) {
     PortOption port0;
     port0.console = true;
     port0.backend = console.empty() ? "null" : console;

@@ -30,4 +30,6 @@ for p in org.pier.api org.pier.pty; do check "/dev/virtio-ports/$p" test -e /dev
 echo "GUEST-API pty-port hello" > /dev/virtio-ports/org.pier.pty &
 # The guest API rows, driven by the host.
 pier-vport-api org.pier.api
+# Hot-plug through the runtime API, and removal under a blocked read (ENODEV).
+pier-vport-api --unplug org.pier.hot
 echo "GUEST-CHECKS DONE"

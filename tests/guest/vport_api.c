@@ -4,6 +4,9 @@
 // markers on the console: the guest prints "GUEST-API WAIT <step>" and the host acts.
 //
 //   pier-vport-api NAME
+//   pier-vport-api --unplug NAME   the host hot-adds port NAME through the runtime API, talks on
+//                                  it, then removes it while this program is blocked in read():
+//                                  read returns ENODEV, poll reports POLLHUP.
 //
 // Prints "GUEST-API check <what>: ok|FAILED (...)" per check and "GUEST-API DONE failures=N".
 // Static, no dependencies: built into the test initramfs.
@@ -18,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -59,7 +63,67 @@ static short poll_events(int fd, short events, int timeout_ms) {
   return poll(&p, 1, timeout_ms) > 0 ? p.revents : 0;
 }
 
+static int unplug_main(const char *name) {
+  char link[PATH_MAX], buf[64];
+  snprintf(link, sizeof(link), "/dev/virtio-ports/%s", name);
+  printf("GUEST-API UNPLUG BEGIN %s\n", name);
+  wait_host("hotadd");
+  // The host adds the port at run time; init's hotplug hook makes the link.
+  int found = 0;
+  for (int i = 0; i < 1200 && !found; ++i) {
+    found = access(link, F_OK) == 0;
+    if (!found) usleep(100000);
+  }
+  check(found, "a hot-added port appears in /dev/virtio-ports", "%s", link);
+  int fd = found ? open(link, O_RDWR) : -1;
+  check(fd >= 0, "open the hot-added port", "errno %d", fd < 0 ? errno : 0);
+  if (fd < 0) goto done;
+  // The host sees us open it (the guest-opened event), connects and says hello.
+  size_t got = 0;
+  for (int i = 0; i < 1200 && got < 6; ++i) {
+    if (!(poll_events(fd, POLLIN, 100) & POLLIN)) continue;
+    const ssize_t n = read(fd, buf + got, 6 - got);
+    if (n > 0) got += (size_t)n;
+  }
+  check(got == 6 && memcmp(buf, "hello\n", 6) == 0, "the host talks on the hot-added port",
+        "%zu bytes", got);
+  // A second process blocks in poll, this one in read; then the host removes the port.
+  const pid_t child = fork();
+  if (child == 0) {
+    const short ev = poll_events(fd, POLLIN, 120000);
+    _exit(ev & POLLHUP ? 0 : 1);
+  }
+  wait_host("unplug");
+  errno = 0;
+  const ssize_t r = read(fd, buf, sizeof(buf));
+  const int read_errno = errno;
+  check(r < 0 && read_errno == ENODEV, "a read blocked on a removed port returns ENODEV",
+        "ret %zd errno %d", r, read_errno);
+  const short ev = poll_events(fd, POLLIN | POLLOUT, 0);
+  check(ev & POLLHUP, "poll on a removed port reports POLLHUP", "revents %#x", ev);
+  int status = -1;
+  waitpid(child, &status, 0);
+  check(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+        "a poll blocked on a removed port wakes with POLLHUP", "status %#x", status);
+  errno = 0;
+  const ssize_t w = write(fd, "x", 1);
+  check(w < 0 && errno == ENODEV, "write to a removed port returns ENODEV", "ret %zd errno %d",
+        w, errno);
+  close(fd);
+  int gone = 0;
+  for (int i = 0; i < 100 && !gone; ++i) {
+    gone = access(link, F_OK) != 0;
+    if (!gone) usleep(100000);
+  }
+  check(gone, "the removed port's link goes away", "%s", link);
+done:
+  printf("GUEST-API UNPLUG DONE failures=%d\n", failures);
+  fflush(stdout);
+  return failures ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc > 2 && strcmp(argv[1], "--unplug") == 0) return unplug_main(argv[2]);
   const char *name = argc > 1 ? argv[1] : "org.pier.api";
   char link[PATH_MAX], target[PATH_MAX] = "", sysname[PATH_MAX], buf[256];
   printf("GUEST-API BEGIN %s\n", name);

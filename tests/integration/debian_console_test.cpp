@@ -20,6 +20,8 @@
 #include <string>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "integration/pier_process.hpp"
 
 extern char** environ;
@@ -156,6 +158,20 @@ std::string read_until(int fd, const std::string& needle, std::chrono::seconds t
   return got;
 }
 
+// One request on the runtime API socket; the response line ("" on failure).
+std::string api_request(const std::string& socket, const std::string& request) {
+  const int fd = connect_unix(socket);
+  if (fd < 0) return "";
+  const std::string line = request + "\n";
+  if (::write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
+    ::close(fd);
+    return "";
+  }
+  std::string got = read_until(fd, "\"ok\"", 60s);
+  ::close(fd);
+  return got;
+}
+
 TEST(DebianConsole, GuestApiRowsRngAndPtyPortInOneBoot) {
   PIER_REQUIRE_KVM();
   const fs::path image = fs::path(PIER_BUILD_DIR) / "guest-test";
@@ -165,10 +181,27 @@ TEST(DebianConsole, GuestApiRowsRngAndPtyPortInOneBoot) {
       fs::temp_directory_path() / ("pier-debian-con-" + std::to_string(::getpid()));
   fs::create_directories(dir);
   const std::string api = (dir / "api.sock").string();
-  LivePier pier({"run", "--kernel", (image / "vmlinuz").string(), "--initrd",
-                 (image / "initramfs.cpio").string(), "--memory", "512M", "--log-level", "info",
-                 "--console", "file=" + (dir / "hvc0.log").string(), "--port",
-                 "name=org.pier.api,socket=" + api, "--port", "name=org.pier.pty,pty", "--", "sh",
+  const std::string ctl = (dir / "ctl.sock").string();
+  const std::string hot = (dir / "hot.sock").string();
+  LivePier pier({"run",
+                 "--api-socket",
+                 ctl,
+                 "--kernel",
+                 (image / "vmlinuz").string(),
+                 "--initrd",
+                 (image / "initramfs.cpio").string(),
+                 "--memory",
+                 "512M",
+                 "--log-level",
+                 "info",
+                 "--console",
+                 "file=" + (dir / "hvc0.log").string(),
+                 "--port",
+                 "name=org.pier.api,socket=" + api,
+                 "--port",
+                 "name=org.pier.pty,pty",
+                 "--",
+                 "sh",
                  "/usr/share/pier/checks.sh"});
   // The pty port: pier says where it is, the guest writes a line to it.
   const std::string pty_line = pier.wait_for(
@@ -198,11 +231,35 @@ TEST(DebianConsole, GuestApiRowsRngAndPtyPortInOneBoot) {
             std::string::npos);
   ::close(pty_fd);
 
+  // Hot-plug through the runtime API: add a port, wait for the guest to open it (event), talk,
+  // then remove it while the guest is blocked in read() on it.
+  ASSERT_FALSE(pier.wait_for("GUEST-API WAIT hotadd", 300s).empty()) << pier.out();
+  const int events = connect_unix(ctl);
+  ASSERT_GE(events, 0);
+  const std::string added = api_request(
+      ctl, R"({"cmd":"port-add","name":"org.pier.hot","backend":"socket=)" + hot + R"("})");
+  EXPECT_NE(added.find("\"ok\":true"), std::string::npos) << added;
+  EXPECT_NE(
+      read_until(events, R"("event":"guest-opened","port":{"id":3,"name":"org.pier.hot"})", 300s)
+          .find("guest-opened"),
+      std::string::npos);
+  const int hot_fd = connect_unix(hot);
+  ASSERT_GE(hot_fd, 0);
+  ASSERT_EQ(::write(hot_fd, "hello\n", 6), 6);
+  ASSERT_FALSE(pier.wait_for("GUEST-API WAIT unplug", 300s).empty()) << pier.out();
+  std::this_thread::sleep_for(5s);  // the guest is blocked in read() by now
+  const std::string removed = api_request(ctl, R"({"cmd":"port-remove","name":"org.pier.hot"})");
+  EXPECT_NE(removed.find("\"ok\":true"), std::string::npos) << removed;
+  EXPECT_NE(read_until(events, "port-removed", 60s).find("port-removed"), std::string::npos);
+  ::close(hot_fd);
+  ::close(events);
+
   ASSERT_FALSE(pier.wait_for("GUEST-CHECKS DONE", 300s).empty()) << pier.out();
   const int code = pier.wait_exit(300s);
   const std::string out = pier.out();
   EXPECT_EQ(code, 0) << out << pier.err();
   EXPECT_NE(out.find("GUEST-API DONE failures=0"), std::string::npos) << out;
+  EXPECT_NE(out.find("GUEST-API UNPLUG DONE failures=0"), std::string::npos) << out;
   EXPECT_EQ(out.find("FAILED"), std::string::npos) << out;
   // Every check ran: the count of "ok" lines of each kind.
   size_t checks = 0;

@@ -114,13 +114,22 @@ class ConsoleDevice::Dispatch {
   ~Dispatch() {
     device_.drain_backend_events();
     device_.dispatch_owner_.store(std::thread::id{}, std::memory_order_relaxed);
+    if (device_.port_events_.empty()) return;
+    // Port events go to the observer unlocked (it may call back into the device).
+    std::vector<PortEvent> events;
+    events.swap(device_.port_events_);
+    PortEventObserver observer = device_.observer_;
+    lock_.unlock();
+    if (observer) {
+      for (const auto& e : events) observer(e);
+    }
   }
   Dispatch(const Dispatch&) = delete;
   Dispatch& operator=(const Dispatch&) = delete;
 
  private:
   ConsoleDevice& device_;
-  std::lock_guard<std::mutex> lock_;
+  std::unique_lock<std::mutex> lock_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -205,9 +214,11 @@ uint32_t ConsoleDevice::add_port_locked(PortConfig config) {
   log::debug("virtio-console: port {}{}{} on {}", id, port.console ? " (console)" : "",
              port.name.empty() ? "" : " '" + port.name + "'", port.backend_description);
 
+  note(port, PortEvent::Kind::kAdded);
   if (active_ && !multiport_ && id == 0) {
     // A driver without MULTIPORT uses port 0 as its console from the start.
-    port.ready = port.guest_connected = true;
+    port.ready = true;
+    set_guest_connected(port, true);
   }
   if (active_ && multiport_ && driver_ready_) {
     queue_port_add(port);
@@ -221,7 +232,44 @@ void ConsoleDevice::remove_port(uint32_t id) {
   Port* p = port(id);
   if (p == nullptr) throw Error(fmt::format("virtio-console: there is no port {}", id));
   teardown_port(*p);
+  note(*p, PortEvent::Kind::kRemoved);
   slots_[id].port.reset();  // queued backend events for it are ignored (serial check)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Port events for the observer.
+
+std::string_view to_string(PortEvent::Kind kind) {
+  switch (kind) {
+    case PortEvent::Kind::kAdded:
+      return "port-added";
+    case PortEvent::Kind::kRemoved:
+      return "port-removed";
+    case PortEvent::Kind::kGuestOpened:
+      return "guest-opened";
+    case PortEvent::Kind::kGuestClosed:
+      return "guest-closed";
+    case PortEvent::Kind::kHostConnected:
+      return "host-connected";
+    case PortEvent::Kind::kHostDisconnected:
+      return "host-disconnected";
+  }
+  return "?";
+}
+
+void ConsoleDevice::set_observer(PortEventObserver observer) {
+  std::lock_guard lock(mutex_);
+  observer_ = std::move(observer);
+}
+
+void ConsoleDevice::note(const Port& p, PortEvent::Kind kind) {
+  if (observer_) port_events_.push_back({kind, p.id, p.name});
+}
+
+void ConsoleDevice::set_guest_connected(Port& p, bool open) {
+  if (p.guest_connected == open) return;
+  p.guest_connected = open;
+  note(p, open ? PortEvent::Kind::kGuestOpened : PortEvent::Kind::kGuestClosed);
 }
 
 void ConsoleDevice::teardown_port(Port& p) {
@@ -331,7 +379,10 @@ void ConsoleDevice::activate(std::span<Queue> queues, Interrupt& interrupt) {
   for (auto& slot : slots_) {
     if (!slot.port) continue;
     drop_guest_state(*slot.port);
-    if (!multiport_ && slot.port->id == 0) slot.port->ready = slot.port->guest_connected = true;
+    if (!multiport_ && slot.port->id == 0) {
+      slot.port->ready = true;
+      set_guest_connected(*slot.port, true);
+    }
   }
   // Backend interest is brought in line by the next I/O-thread event (rx buffers arriving).
 }
@@ -353,7 +404,8 @@ void ConsoleDevice::reset() {
 }
 
 void ConsoleDevice::drop_guest_state(Port& p) {
-  p.add_sent = p.ready = p.guest_connected = p.announced_host = false;
+  set_guest_connected(p, false);
+  p.add_sent = p.ready = p.announced_host = false;
   if (p.tx_held_bytes > 0) {
     // The driver went away (reset) with bytes of a write() still held: its buffers are gone.
     p.bytes_discarded += p.tx_held_bytes;
@@ -473,6 +525,9 @@ void ConsoleDevice::handle_backend_event(const BackendEvent& event) {
 
 void ConsoleDevice::host_changed(Port& p, bool connected) {
   if (connected && !p.host_connected) ++p.host_connects;
+  if (connected != p.host_connected) {
+    note(p, connected ? PortEvent::Kind::kHostConnected : PortEvent::Kind::kHostDisconnected);
+  }
   p.host_connected = connected;
   p.backend_description = p.backend->describe();
   log::debug("virtio-console: port {}: host {}", p.id, connected ? "connected" : "disconnected");
@@ -763,7 +818,8 @@ void ConsoleDevice::handle_driver_message(std::span<const uint8_t> bytes) {
   }
   if (m.event == ControlEvent::kPortReady) {
     if (!m.value) {
-      p->ready = p->guest_connected = false;
+      p->ready = false;
+      set_guest_connected(*p, false);
       if (port_ready_fail_logged_.first()) {
         log::warn("virtio-console: the guest failed to add port {} (PORT_READY 0)", m.id);
       }
@@ -797,7 +853,7 @@ void ConsoleDevice::handle_driver_message(std::span<const uint8_t> bytes) {
     return;
   }
   if (p->guest_connected == m.value) return;
-  p->guest_connected = m.value;
+  set_guest_connected(*p, m.value);
   log::debug("virtio-console: port {}: guest {}", p->id, m.value ? "opened" : "closed");
   pump_rx(*p);  // open: deliver what the host has been holding; close: stop reading
 }
@@ -816,7 +872,7 @@ void ConsoleDevice::answer_port_ready(Port& p) {
   }
   p.ready = true;
   p.add_sent = true;  // the guest has it (after a restore, without a PORT_ADD from us)
-  p.guest_connected = false;
+  set_guest_connected(p, false);
   // QEMU's order: CONSOLE_PORT, PORT_NAME, PORT_OPEN; then the size, which Linux only applies
   // once the port is a console.
   if (p.console) {

@@ -43,6 +43,10 @@
 //    callbacks are queued and handled when the outer call returns, still under the lock.
 //  - Nothing blocks: backends are non-blocking, the lock is held only for bounded work.
 //  - stats() may be called from any thread.
+//  - The PortEventObserver (set_observer) is called on the I/O thread, never under the device
+//    lock: events are queued under the lock (also by activate()/reset() on vCPU threads) and
+//    delivered, in order, when the I/O-thread entry point that saw them (or the next one)
+//    unlocks. It may call port_stats()/stats() and the runtime API.
 // Construct and destroy the device while the I/O loop is not dispatching for it (before the
 // machine starts, after it stops): the constructor starts the backends and the destructor stops
 // them.
@@ -50,6 +54,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -127,6 +132,23 @@ struct DeviceStats {
   uint64_t orphan_tx_bytes = 0;     // tx on a queue with no port (discarded)
 };
 
+// A change of a port's state, for the runtime API (events to its clients).
+struct PortEvent {
+  enum class Kind : uint8_t {
+    kAdded,             // add_port() (not the ports given to the constructor)
+    kRemoved,           // remove_port()
+    kGuestOpened,       // the guest opened the port (PORT_OPEN 1; console ports: hvc up)
+    kGuestClosed,       // the guest closed it, re-created it, or its driver went away
+    kHostConnected,     // the backend's peer attached
+    kHostDisconnected,  // ... went away
+  };
+  Kind kind = Kind::kAdded;
+  uint32_t id = 0;
+  std::string name;
+};
+std::string_view to_string(PortEvent::Kind kind);
+using PortEventObserver = std::function<void(const PortEvent&)>;
+
 class ConsoleDevice final : public Device {
  public:
   // Validates `options` and every port (throws pier::Error with one actionable line: bad
@@ -180,6 +202,10 @@ class ConsoleDevice final : public Device {
   // port), and config space cols/rows for port 0 (with a config interrupt when MULTIPORT was
   // not negotiated). Throws pier::Error when `id` is not a console port.
   void resize(uint32_t id, uint16_t cols, uint16_t rows);
+
+  // Where port events go (I/O thread; see the threading notes above). Set it before the loop
+  // dispatches for the device; an empty function turns events off.
+  void set_observer(PortEventObserver observer);
 
   // ---- Observability (any thread).
   std::vector<PortStats> port_stats() const;
@@ -239,6 +265,9 @@ class ConsoleDevice final : public Device {
   bool has_pending(uint64_t serial, ControlEvent event) const;
 
   void flush_emergency();
+  void note(const Port& p, PortEvent::Kind kind);
+  void set_guest_connected(Port& p, bool open);
+  void deliver_port_events();
   void teardown_port(Port& p);
   void drop_guest_state(Port& p);
 
@@ -249,6 +278,8 @@ class ConsoleDevice final : public Device {
   // The thread inside a Dispatch (holding mutex_), so re-entrant backend callbacks are queued.
   std::atomic<std::thread::id> dispatch_owner_{};
   std::vector<BackendEvent> backend_events_;
+  PortEventObserver observer_;          // set before the loop runs
+  std::vector<PortEvent> port_events_;  // under mutex_, delivered unlocked
 
   std::vector<Slot> slots_;  // indexed by port id, max_ports long
   uint64_t next_serial_ = 1;

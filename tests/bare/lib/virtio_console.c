@@ -53,16 +53,29 @@ static void handle_control(struct vcon *c, const uint8_t *b, uint32_t len) {
     case VCON_PORT_ADD:
       if (!p->added) {
         p->added = 1;
+        p->adds++;
         if (p->rx.size) {
-          for (int i = 0; i < VCON_RX_BUFS; ++i) post_rx(&p->rx, p->rx_bufs[i], VCON_BUF);
-          virtq_kick(&p->rx);
+          if (!p->rx_posted) {
+            for (int i = 0; i < VCON_RX_BUFS; ++i) post_rx(&p->rx, p->rx_bufs[i], VCON_BUF);
+            virtq_kick(&p->rx);
+            p->rx_posted = 1;
+          }
           p->ready = 1;
           send_control(c, m.id, VCON_PORT_READY, 1);
         }
       }
       break;
     case VCON_PORT_REMOVE:
-      p->added = p->ready = p->host_open = 0;
+      p->added = p->ready = p->host_open = p->guest_open = p->console = 0;
+      p->name[0] = 0;
+      p->removes++;
+      if (p->rx.size) {
+        // Like Linux, drop what the old port had received but nobody read; the buffers go back.
+        uint8_t sink[256];
+        while (vcon_read(c, m.id, sink, sizeof(sink)) > 0) {
+        }
+        p->rx_bytes = 0;
+      }
       break;
     case VCON_CONSOLE_PORT:
       p->console = m.value != 0;
@@ -104,6 +117,26 @@ void vcon_poll_control(struct vcon *c) {
 }
 
 int vcon_init(struct vcon *c, unsigned nports, uint64_t timeout_ms) {
+  int rc = vcon_setup(c, nports);
+  if (rc) return rc;
+  if (nports > c->max_ports) nports = c->max_ports;
+  if (nports > VCON_MAX_PORTS) nports = VCON_MAX_PORTS;
+  const uint64_t khz = tsc_khz() ? tsc_khz() : 3000000;
+  const uint64_t deadline = rdtsc() + timeout_ms * khz;
+  for (;;) {
+    vcon_poll_control(c);
+    unsigned ready = 0;
+    for (unsigned p = 0; p < nports; ++p) ready += c->ports[p].ready;
+    if (ready == nports) return 0;
+    if (rdtsc() > deadline) {
+      printf("vcon: %u of %u ports ready after %lu ms\n", ready, nports, timeout_ms);
+      return -15;
+    }
+    pause();
+  }
+}
+
+int vcon_setup(struct vcon *c, unsigned nports) {
   memset(c, 0, sizeof(*c));
   if (nports > VCON_MAX_PORTS) nports = VCON_MAX_PORTS;
   int rc = virtio_init(&c->dev, 3, F_MULTIPORT);
@@ -133,19 +166,7 @@ int vcon_init(struct vcon *c, unsigned nports, uint64_t timeout_ms) {
   for (int i = 0; i < VCON_QSIZE / 2; ++i) post_rx(&c->crx, c->crx_bufs[i], VCON_BUF);
   virtq_kick(&c->crx);
   send_control(c, 0xffffffffu, VCON_DEVICE_READY, 1);
-  const uint64_t khz = tsc_khz() ? tsc_khz() : 3000000;
-  const uint64_t deadline = rdtsc() + timeout_ms * khz;
-  for (;;) {
-    vcon_poll_control(c);
-    unsigned ready = 0;
-    for (unsigned p = 0; p < nports; ++p) ready += c->ports[p].ready;
-    if (ready == nports) return 0;
-    if (rdtsc() > deadline) {
-      printf("vcon: %u of %u ports ready after %lu ms\n", ready, nports, timeout_ms);
-      return -15;
-    }
-    pause();
-  }
+  return 0;
 }
 
 void vcon_guest_open(struct vcon *c, unsigned id, int open) {

@@ -5,7 +5,9 @@
 #pragma once
 #include "virtio.h"
 
+#ifndef VCON_MAX_PORTS  // a guest may build the driver for more ports
 #define VCON_MAX_PORTS 8
+#endif
 #define VCON_BUF 4096
 #define VCON_RX_BUFS 16   // per port rx queue
 #define VCON_QSIZE 32
@@ -23,6 +25,8 @@ enum {
 
 struct vcon_port {
   int added, ready, console, host_open, guest_open;
+  int rx_posted;  // rx buffers are in the queue (kept across PORT_REMOVE / PORT_ADD)
+  uint32_t adds, removes;
   char name[64];
   struct vq rx, tx;
   uint8_t (*rx_bufs)[VCON_BUF];  // VCON_RX_BUFS buffers
@@ -47,6 +51,10 @@ struct vcon {
 // sends DEVICE_READY and processes control messages until every port in [0, nports) is ready
 // (or `timeout_ms` passes). Returns 0 or negative. CPL0 (port I/O for PCI config).
 int vcon_init(struct vcon *c, unsigned nports, uint64_t timeout_ms);
+// vcon_init without the wait: sets up the control queues and the queues of ports
+// [0, nports) (Linux sets up every port's queues at probe, so ports hot-added later work), sends
+// DEVICE_READY and returns.
+int vcon_setup(struct vcon *c, unsigned nports);
 // Handles pending control messages (PORT_OPEN from the host, PORT_NAME, ...). CPL3-safe.
 void vcon_poll_control(struct vcon *c);
 // The guest opens/closes port `id` (sends PORT_OPEN(id, 1/0)).

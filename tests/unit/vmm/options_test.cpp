@@ -1,6 +1,10 @@
 #include "vmm/options.hpp"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <string>
 
 #include "vmm/error.hpp"
 
@@ -124,6 +128,86 @@ TEST(PortOptions, ResizeOrderAndConsoleRing) {
   EXPECT_THROW(parse_run_options({"--kernel", "/k", "--resize-order", "cols"}), Error);
   EXPECT_THROW(parse_run_options({"--kernel", "/k", "--console-ring", "65M"}), Error);
   EXPECT_THROW(parse_run_options({"--kernel", "/k", "--console-ring", "lots"}), Error);
+}
+
+// A config file in /tmp with `text`; removed by the destructor.
+struct ConfigFile {
+  explicit ConfigFile(const std::string& text)
+      : path("/tmp/pier-options-test-" + std::to_string(::getpid()) + ".conf") {
+    FILE* f = std::fopen(path.c_str(), "w");
+    std::fputs(text.c_str(), f);
+    std::fclose(f);
+  }
+  ~ConfigFile() { ::unlink(path.c_str()); }
+  std::string path;
+};
+
+TEST(ConfigFile, EquivalentToFlags) {
+  ConfigFile conf(
+      "# comment\n"
+      "kernel = /k\n"
+      "memory = 1G\n"
+      "cpus = 2\n"
+      "console = socket=/tmp/c.sock\n"
+      "port = name=org.a,socket=/tmp/a.sock\n"
+      "port = name=org.b,pty,console\n"
+      "max-ports = 8\n"
+      "api-socket = /tmp/api.sock\n"
+      "rng = false\n");
+  const auto from_file = parse_run_options({"--config", conf.path});
+  const auto from_flags = parse_run_options(
+      {"--kernel", "/k", "--memory", "1G", "--cpus", "2", "--console", "socket=/tmp/c.sock",
+       "--port", "name=org.a,socket=/tmp/a.sock", "--port", "name=org.b,pty,console",
+       "--max-ports", "8", "--api-socket", "/tmp/api.sock", "--rng", "false"});
+  for (const auto* o : {&from_file, &from_flags}) {
+    EXPECT_EQ(o->machine.kernel_path, "/k");
+    EXPECT_EQ(o->machine.memory_bytes, 1ull << 30);
+    EXPECT_EQ(o->machine.cpus, 2u);
+    EXPECT_EQ(o->machine.max_ports, 8u);
+    EXPECT_EQ(o->machine.api_socket, "/tmp/api.sock");
+    EXPECT_FALSE(o->machine.rng);
+    ASSERT_EQ(o->machine.ports.size(), 3u);
+    EXPECT_EQ(o->machine.ports[0].backend, "socket=/tmp/c.sock");
+    EXPECT_EQ(o->machine.ports[1].name, "org.a");
+    EXPECT_EQ(o->machine.ports[2].name, "org.b");
+    EXPECT_TRUE(o->machine.ports[2].console);
+  }
+}
+
+TEST(ConfigFile, FlagsOverrideTheFile) {
+  ConfigFile conf(
+      "kernel = /k\n"
+      "memory = 1G\n"
+      "port = name=org.file1,null\n"
+      "port = name=org.file2,null\n");
+  auto o = parse_run_options({"--config", conf.path, "--memory", "256M"});
+  EXPECT_EQ(o.machine.memory_bytes, 256ull << 20);
+  ASSERT_EQ(o.machine.ports.size(), 3u);  // port 0 + the file's two
+  o = parse_run_options({"--memory", "128M", "--config", conf.path, "--port", "name=org.cli,null"});
+  EXPECT_EQ(o.machine.memory_bytes, 128ull << 20);
+  ASSERT_EQ(o.machine.ports.size(), 2u);  // the command line's ports replace the file's
+  EXPECT_EQ(o.machine.ports[1].name, "org.cli");
+}
+
+TEST(ConfigFile, ErrorsNameTheFile) {
+  ConfigFile conf("kernel = /k\nmemroy = 1G\n");
+  try {
+    parse_run_options({"--config", conf.path});
+    FAIL() << "an unknown option in the file must be an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("memroy"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(parse_run_options({"--config", "/nonexistent/vm.conf"}), Error);
+  ConfigFile bad_port("kernel = /k\nport = name=x\n");
+  EXPECT_THROW(parse_run_options({"--config", bad_port.path}), Error);
+}
+
+TEST(RunOptions, ApiSocketImpliesTheConsoleDevice) {
+  const auto o = parse_run_options({"--kernel", "/k", "--api-socket", "/tmp/x.sock"});
+  EXPECT_EQ(o.machine.api_socket, "/tmp/x.sock");
+  ASSERT_EQ(o.machine.ports.size(), 1u);  // port 0, a null console, so ports can be added
+  EXPECT_TRUE(o.machine.ports[0].console);
+  EXPECT_EQ(o.machine.ports[0].backend, "null");
 }
 
 }  // namespace
