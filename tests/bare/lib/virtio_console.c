@@ -10,8 +10,8 @@ struct ctrl {
 
 static uint8_t vcon_mem[(2 + 2 * VCON_MAX_PORTS)][16384] ALIGNED(4096);
 static uint8_t crx_space[VCON_QSIZE][VCON_BUF] ALIGNED(4096);
-static uint8_t port_rx_space[VCON_MAX_PORTS][VCON_RX_BUFS][VCON_BUF] ALIGNED(4096);
-static uint8_t port_tx_space[VCON_MAX_PORTS][VCON_QSIZE][VCON_BUF] ALIGNED(4096);
+static uint8_t port_rx_space[VCON_MAX_PORTS][VCON_RX_BUFS][VCON_DATA_BUF] ALIGNED(4096);
+static uint8_t port_tx_space[VCON_MAX_PORTS][VCON_TX_BUFS][VCON_DATA_BUF] ALIGNED(4096);
 static uint8_t ctx_buf[VCON_QSIZE][64] ALIGNED(64);
 static uint16_t ctx_next;
 
@@ -54,8 +54,8 @@ static void handle_control(struct vcon *c, const uint8_t *b, uint32_t len) {
       if (!p->added) {
         p->added = 1;
         if (p->rx.size) {
-          for (int i = 0; i < VCON_RX_BUFS; ++i) post_rx(&p->rx, p->rx_bufs[i], VCON_BUF);
-          virtq_kick(&p->rx);
+          for (int i = 0; i < VCON_RX_BUFS; ++i) post_rx(&p->rx, p->rx_bufs[i], VCON_DATA_BUF);
+          p->kicks += (uint64_t)virtq_kick(&p->rx);
           p->ready = 1;
           send_control(c, m.id, VCON_PORT_READY, 1);
         }
@@ -106,7 +106,7 @@ void vcon_poll_control(struct vcon *c) {
 int vcon_init(struct vcon *c, unsigned nports, uint64_t timeout_ms) {
   memset(c, 0, sizeof(*c));
   if (nports > VCON_MAX_PORTS) nports = VCON_MAX_PORTS;
-  int rc = virtio_init(&c->dev, 3, F_MULTIPORT);
+  int rc = virtio_init(&c->dev, 3, F_MULTIPORT | VIRTIO_F_EVENT_IDX);
   if (rc) return rc;
   if (!(c->dev.features & F_MULTIPORT)) {
     printf("vcon: no MULTIPORT\n");
@@ -118,6 +118,8 @@ int vcon_init(struct vcon *c, unsigned nports, uint64_t timeout_ms) {
   int m = 0;
   if (virtq_setup(&c->dev, &c->crx, 2, VCON_QSIZE, vcon_mem[m++], 0xffff)) return -11;
   if (virtq_setup(&c->dev, &c->ctx, 3, VCON_QSIZE, vcon_mem[m++], 0xffff)) return -12;
+  virtq_poll_only(&c->crx);
+  virtq_poll_only(&c->ctx);
   c->crx_bufs = crx_space;
   for (unsigned p = 0; p < nports; ++p) {
     struct vcon_port *port = &c->ports[p];
@@ -128,6 +130,8 @@ int vcon_init(struct vcon *c, unsigned nports, uint64_t timeout_ms) {
     if (virtq_setup(&c->dev, &port->rx, rxq, VCON_QSIZE, vcon_mem[m++], 0xffff)) return -13;
     if (virtq_setup(&c->dev, &port->tx, (uint16_t)(rxq + 1), VCON_QSIZE, vcon_mem[m++], 0xffff))
       return -14;
+    virtq_poll_only(&port->rx);
+    virtq_poll_only(&port->tx);
   }
   virtio_driver_ok(&c->dev);
   for (int i = 0; i < VCON_QSIZE / 2; ++i) post_rx(&c->crx, c->crx_bufs[i], VCON_BUF);
@@ -166,10 +170,11 @@ uint32_t vcon_write(struct vcon *c, unsigned id, const uint8_t *data, uint32_t l
   reclaim_tx(p);
   uint32_t queued = 0;
   int added = 0;
-  while (queued < len && p->tx_inflight < p->tx.size) {
-    const uint32_t n = len - queued < VCON_BUF ? len - queued : VCON_BUF;
-    // Single-descriptor chains use descriptor slot avail_idx % size (see virtq_add).
-    uint8_t *buf = p->tx_bufs[p->tx.avail_idx % p->tx.size];
+  while (queued < len && p->tx_inflight < VCON_TX_BUFS && p->tx_inflight < p->tx.size) {
+    const uint32_t n = len - queued < VCON_DATA_BUF ? len - queued : VCON_DATA_BUF;
+    // Single-descriptor chains use descriptor slot avail_idx % size (see virtq_add), and the
+    // device completes a port's writes in order, so buffer avail_idx % VCON_TX_BUFS is free.
+    uint8_t *buf = p->tx_bufs[p->tx.avail_idx % VCON_TX_BUFS];
     memcpy(buf, data + queued, n);
     const uint64_t a = (uint64_t)buf;
     const int w = 0;
@@ -178,7 +183,7 @@ uint32_t vcon_write(struct vcon *c, unsigned id, const uint8_t *data, uint32_t l
     queued += n;
     added = 1;
   }
-  if (added) virtq_kick(&p->tx);
+  if (added) p->kicks += (uint64_t)virtq_kick(&p->tx);
   p->tx_bytes += queued;
   return queued;
 }
@@ -193,9 +198,9 @@ uint32_t vcon_read(struct vcon *c, unsigned id, uint8_t *out, uint32_t len) {
       if (!virtq_get_used(&p->rx, &uid, &ulen)) break;
       // Descriptor slot -> the buffer that was posted in it.
       const uint64_t addr = p->rx.desc[uid].addr;
-      p->rx_pending_buf = (int)((addr - (uint64_t)p->rx_bufs[0]) / VCON_BUF);
+      p->rx_pending_buf = (int)((addr - (uint64_t)p->rx_bufs[0]) / VCON_DATA_BUF);
       p->rx_pending_off = 0;
-      p->rx_pending_len = ulen > VCON_BUF ? VCON_BUF : ulen;
+      p->rx_pending_len = ulen > VCON_DATA_BUF ? VCON_DATA_BUF : ulen;
     }
     const uint32_t avail = p->rx_pending_len - p->rx_pending_off;
     const uint32_t n = len - copied < avail ? len - copied : avail;
@@ -203,12 +208,12 @@ uint32_t vcon_read(struct vcon *c, unsigned id, uint8_t *out, uint32_t len) {
     copied += n;
     p->rx_pending_off += n;
     if (p->rx_pending_off == p->rx_pending_len) {
-      post_rx(&p->rx, p->rx_bufs[p->rx_pending_buf], VCON_BUF);
+      post_rx(&p->rx, p->rx_bufs[p->rx_pending_buf], VCON_DATA_BUF);
       p->rx_pending_buf = -1;
       refilled = 1;
     }
   }
-  if (refilled) virtq_kick(&p->rx);
+  if (refilled) p->kicks += (uint64_t)virtq_kick(&p->rx);
   p->rx_bytes += copied;
   return copied;
 }

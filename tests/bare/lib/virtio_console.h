@@ -1,13 +1,18 @@
 // A virtio-console multiport driver for the bare-metal test guests, speaking the control protocol
 // the way Linux's virtio_console does: DEVICE_READY, PORT_ADD -> PORT_READY, CONSOLE_PORT,
-// PORT_NAME, PORT_OPEN both ways, one control message per 4 KiB buffer. It polls (no interrupts),
-// so after set-up it runs entirely in CPL3 (MMIO kicks and memory), at native speed on kvm_pvm.
+// PORT_NAME, PORT_OPEN both ways, one control message per 4 KiB buffer. It polls (no interrupts:
+// every queue asks the device for none), so after set-up it runs entirely in CPL3 (MMIO kicks and
+// memory), at native speed on kvm_pvm. It negotiates VIRTIO_F_EVENT_IDX and kicks only when the
+// device asked for it (avail_event), since each kick is an exit. Port data moves in 64 KiB
+// buffers: VCON_RX_BUFS posted per port, up to VCON_TX_BUFS writes in flight.
 #pragma once
 #include "virtio.h"
 
 #define VCON_MAX_PORTS 8
-#define VCON_BUF 4096
-#define VCON_RX_BUFS 16   // per port rx queue
+#define VCON_BUF 4096        // control buffers
+#define VCON_DATA_BUF 65536  // port rx and tx buffers
+#define VCON_RX_BUFS 16      // per port rx queue: 1 MiB posted
+#define VCON_TX_BUFS 16      // per port tx queue: up to 1 MiB in flight
 #define VCON_QSIZE 32
 
 enum {
@@ -25,13 +30,14 @@ struct vcon_port {
   int added, ready, console, host_open, guest_open;
   char name[64];
   struct vq rx, tx;
-  uint8_t (*rx_bufs)[VCON_BUF];  // VCON_RX_BUFS buffers
-  uint8_t (*tx_bufs)[VCON_BUF];  // VCON_QSIZE buffers (one per outstanding write)
+  uint8_t (*rx_bufs)[VCON_DATA_BUF];  // VCON_RX_BUFS buffers
+  uint8_t (*tx_bufs)[VCON_DATA_BUF];  // VCON_TX_BUFS buffers (one per outstanding write chain)
   // rx data not yet consumed by the reader: the buffer index, offset and length.
   int rx_pending_buf;
   uint32_t rx_pending_off, rx_pending_len;
   uint16_t tx_inflight;
   uint64_t rx_bytes, tx_bytes, tx_done;
+  uint64_t kicks;  // notify writes (exits) for this port's queues
 };
 
 struct vcon {
@@ -51,7 +57,7 @@ int vcon_init(struct vcon *c, unsigned nports, uint64_t timeout_ms);
 void vcon_poll_control(struct vcon *c);
 // The guest opens/closes port `id` (sends PORT_OPEN(id, 1/0)).
 void vcon_guest_open(struct vcon *c, unsigned id, int open);
-// Non-blocking write: queues up to `len` bytes (whole 4 KiB chains while free slots last);
+// Non-blocking write: queues up to `len` bytes (64 KiB chains while free buffers last);
 // returns the bytes queued. Completed chains are reclaimed first.
 uint32_t vcon_write(struct vcon *c, unsigned id, const uint8_t *data, uint32_t len);
 // Non-blocking read of what the host sent; returns bytes copied. Refills rx buffers.
