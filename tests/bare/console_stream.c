@@ -4,6 +4,8 @@
 // (tests/integration/bare_console_test.cpp) does the mirror image through the ports' sockets,
 // and may stall or reconnect mid-stream: nothing may be lost, duplicated or reordered. Port 0 is
 // the console (hvc0): the guest writes a greeting there. The data loop runs in CPL3.
+// Command line: ports=N bytes=B [dir=both|h2g|g2h] [echo] [verify=0] [rxbufs=N] [txbufs=N]
+// [timeout_ms=MS] [linger_ms=MS] (see test_main and data_loop).
 #include "virtio_console.h"
 TEST_NAME("console_stream");
 
