@@ -179,9 +179,12 @@ int test_main(void) {
   CHECK(!timed_out, "all streams complete before the timeout");
   for (unsigned p = 1; p <= nports; ++p) {
     struct port_run *r = &runs[p];
-    printf("port %u: sent %lu (completed %lu), received %lu, %lu bad (first at %lu), %lu kicks\n",
-           p, r->queued, vcon_tx_completed(&con, p), r->received, r->bad, r->first_bad,
-           con.ports[p].kicks);
+    const uint64_t kick_tsc = con.ports[p].rx.notify_tsc + con.ports[p].tx.notify_tsc;
+    const uint64_t kicks = con.ports[p].kicks;
+    printf("port %u: sent %lu (completed %lu), received %lu, %lu bad (first at %lu), %lu kicks "
+           "(%lu ns each)\n",
+           p, r->queued, vcon_tx_completed(&con, p), r->received, r->bad, r->first_bad, kicks,
+           khz && kicks ? kick_tsc * 1000000 / khz / kicks : 0);
     if (echo) {
       CHECK(r->received == total_bytes, "port %u echoed %lu bytes", p, r->received);
       continue;

@@ -169,7 +169,11 @@ int virtq_kick(struct vq *q) {
   } else {
     kick = !(*(volatile uint16_t *)q->used & 1);  // VIRTQ_USED_F_NO_NOTIFY
   }
-  if (kick) *q->notify = q->index;
+  if (kick) {
+    const uint64_t t0 = rdtsc();
+    *q->notify = q->index;
+    q->notify_tsc += rdtsc() - t0;
+  }
   return kick;
 }
 

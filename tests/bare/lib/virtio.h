@@ -45,6 +45,7 @@ struct vq {
   uint16_t kicked_idx;  // avail_idx at the last virtq_kick (what the device has been told of)
   uint8_t event_idx;    // VIRTIO_F_EVENT_IDX negotiated: kicks and interrupts go by the indices
   uint8_t polled;       // virtq_poll_only(): the driver never wants used-buffer interrupts
+  uint64_t notify_tsc;  // TSC ticks spent in notify writes (the exits), for reports
 };
 
 struct virtio_dev {
