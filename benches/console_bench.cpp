@@ -242,6 +242,7 @@ void args(benchmark::internal::Benchmark* bm) {
     bm->Args({4096, 64, pipe});  // Linux's 4 KiB buffers, a full batch per kick
     bm->Args({4096, 1, pipe});   // one chain per kick: per-notification overhead
   }
+  bm->Args({65536, 16, 1});  // the bare guest's 64 KiB buffers, 1 MiB per kick (pipe size)
   bm->Args({32768, 16, 0});  // port_fops_write's largest writes
   bm->Args({64, 64, 0});     // small messages: per-chain overhead
 }

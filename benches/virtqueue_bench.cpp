@@ -119,6 +119,30 @@ void BM_PopIovecsPush(benchmark::State& state) {
   set_counters(state);
 }
 
+// A notification's worth of work as the console device does it: the driver publishes `batch`
+// single-descriptor chains (one kick), the device pops until the ring is empty - the empty pop
+// re-arms avail_event behind a full fence - pushes each chain back, and asks once whether to
+// interrupt. Time = ns per chain, so the per-kick cost shows as batch shrinks (batch 1 is a
+// driver kicking for every buffer).
+void BM_DrainBatch(benchmark::State& state) {
+  Bench b(1, false);
+  const auto batch = static_cast<uint16_t>(state.range(0));
+  for (auto _ : state) {
+    b.avail = static_cast<uint16_t>(b.avail + batch);
+    b.driver.set_avail_idx(b.avail);
+    while (auto chain = b.queue.pop()) {
+      benchmark::DoNotOptimize(chain->readable_length());
+      b.queue.push(std::move(*chain), 0);
+    }
+    benchmark::DoNotOptimize(b.queue.should_interrupt());
+  }
+  if (b.queue.failed()) state.SkipWithError(b.queue.describe_fault().c_str());
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * batch);
+  state.counters["ns/chain"] =
+      benchmark::Counter(static_cast<double>(state.iterations()) * batch,
+                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+
 void shapes(benchmark::internal::Benchmark* bench) {
   bench->ArgNames({"descriptors", "indirect"});
   for (int indirect : {0, 1}) {
@@ -129,5 +153,6 @@ void shapes(benchmark::internal::Benchmark* bench) {
 BENCHMARK(BM_PopPush)->Apply(shapes);
 BENCHMARK(BM_PopPushShouldInterrupt)->Apply(shapes);
 BENCHMARK(BM_PopIovecsPush)->Apply(shapes);
+BENCHMARK(BM_DrainBatch)->ArgName("batch")->Arg(1)->Arg(16)->Arg(64)->Arg(256);
 
 }  // namespace

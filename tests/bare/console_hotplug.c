@@ -134,6 +134,9 @@ static uint64_t main_loop(uint64_t nports) {
 }
 
 int test_main(void) {
+  // 24 port ids: a few 64 KiB buffers each way per port keep the data buffers (taken from the
+  // RAM above the image) to 12 MiB, so the guest runs in small --memory sizes too.
+  vcon_rx_bufs = vcon_tx_bufs = 4;
   const int rc = vcon_setup(&con, VCON_MAX_PORTS);
   CHECK(rc == 0, "virtio-console set-up: %d", rc);
   if (rc) return 1;

@@ -241,6 +241,8 @@ class ConsoleDevice final : public Device {
   void pump_rx(Port& p);
   void console_tx(Port& p, Queue& q);
   void generic_tx(Port& p, Queue& q);
+  // Pops every available transmit chain into the port's held list (no writing).
+  void take_tx(Port& p, Queue& q);
   void orphan_tx(Queue& q);
   void flush_out(Port& p);
   void ring_push(Port& p, std::span<const uint8_t> bytes);

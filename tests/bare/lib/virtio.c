@@ -113,6 +113,7 @@ int virtq_setup(struct virtio_dev *d, struct vq *q, uint16_t index, uint16_t siz
   q->index = index;
   q->size = size;
   q->vector = vector;
+  q->event_idx = (d->features & VIRTIO_F_EVENT_IDX) != 0;
   memset(mem, 0, virtq_bytes(size));
   q->desc = (struct virtq_desc *)mem;
   q->avail = (volatile uint16_t *)((uint8_t *)mem + 16ull * size);
@@ -150,9 +151,36 @@ void virtq_add(struct vq *q, const uint64_t *addrs, const uint32_t *lens, const 
   q->avail[1] = q->avail_idx;
 }
 
-void virtq_kick(struct vq *q) {
+// vring_need_event(): the other side asked to hear when the index passes `event`.
+static inline int need_event(uint16_t event, uint16_t new_idx, uint16_t old_idx) {
+  return (uint16_t)(new_idx - event - 1) < (uint16_t)(new_idx - old_idx);
+}
+
+int virtq_kick(struct vq *q) {
+  // Store avail.idx, then load avail_event / used.flags: a full fence (pairs with the device's
+  // fence between publishing avail_event and re-reading avail.idx).
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
-  *q->notify = q->index;
+  const uint16_t old = q->kicked_idx, now = q->avail_idx;
+  q->kicked_idx = now;
+  int kick;
+  if (q->event_idx) {
+    const uint16_t avail_event = *(volatile uint16_t *)(q->used + 4 + 8 * q->size);
+    kick = need_event(avail_event, now, old);
+  } else {
+    kick = !(*(volatile uint16_t *)q->used & 1);  // VIRTQ_USED_F_NO_NOTIFY
+  }
+  if (kick) {
+    const uint64_t t0 = rdtsc();
+    *q->notify = q->index;
+    q->notify_tsc += rdtsc() - t0;
+  }
+  return kick;
+}
+
+void virtq_poll_only(struct vq *q) {
+  q->polled = 1;
+  q->avail[0] = 1;  // VIRTQ_AVAIL_F_NO_INTERRUPT (ignored by the device with EVENT_IDX)
+  q->avail[2 + q->size] = (uint16_t)(q->last_used + 0x8000);
 }
 
 int virtq_get_used(struct vq *q, uint32_t *id, uint32_t *len) {
@@ -164,7 +192,8 @@ int virtq_get_used(struct vq *q, uint32_t *id, uint32_t *len) {
   *len = *(volatile uint32_t *)(e + 4);
   q->last_used++;
   // VIRTIO_F_EVENT_IDX: ask for an interrupt when the next entry is used (as Linux does while
-  // callbacks are enabled). Harmless without the feature.
-  q->avail[2 + q->size] = q->last_used;
+  // callbacks are enabled). Harmless without the feature. A polled queue keeps used_event half
+  // the index space behind, where the device's used index (at most `size` ahead) never meets it.
+  q->avail[2 + q->size] = q->polled ? (uint16_t)(q->last_used + 0x8000) : q->last_used;
   return 1;
 }

@@ -42,6 +42,10 @@ struct vq {
   volatile uint16_t *notify;
   uint16_t avail_idx, last_used;
   uint16_t vector;
+  uint16_t kicked_idx;  // avail_idx at the last virtq_kick (what the device has been told of)
+  uint8_t event_idx;    // VIRTIO_F_EVENT_IDX negotiated: kicks and interrupts go by the indices
+  uint8_t polled;       // virtq_poll_only(): the driver never wants used-buffer interrupts
+  uint64_t notify_tsc;  // TSC ticks spent in notify writes (the exits), for reports
 };
 
 struct virtio_dev {
@@ -68,6 +72,12 @@ void virtio_driver_ok(struct virtio_dev *d);
 uint8_t virtio_status(struct virtio_dev *d);
 // Puts a chain of `n` buffers (writable ones after readable ones) on the avail ring.
 void virtq_add(struct vq *q, const uint64_t *addrs, const uint32_t *lens, const int *writable, int n);
-void virtq_kick(struct vq *q);
+// Notifies the device of the chains added since the last kick, unless it said it does not need
+// it (EVENT_IDX: avail_event not crossed; else used.flags NO_NOTIFY), as Linux's
+// virtqueue_kick_prepare does. Returns 1 when it wrote the notify register (an exit).
+int virtq_kick(struct vq *q);
+// The driver only polls this queue: ask the device for no used-buffer notifications at all
+// (avail.flags NO_INTERRUPT, or used_event kept half the index space away with EVENT_IDX).
+void virtq_poll_only(struct vq *q);
 // Pops one used entry: returns 1 and fills id/len, or 0 when none.
 int virtq_get_used(struct vq *q, uint32_t *id, uint32_t *len);

@@ -400,6 +400,7 @@ class FakeTransport : public Interrupt, public QueueErrorHandler {
       queues_.back().set_error_handler(this);
     }
     queue_interrupts_.assign(device.num_queues(), 0);
+    kicks_.assign(device.num_queues(), 0);
   }
 
   // ACKNOWLEDGE | DRIVER, then FEATURES_OK with `wanted` & device_features() (VERSION_1
@@ -449,9 +450,12 @@ class FakeTransport : public Interrupt, public QueueErrorHandler {
   // Linux's virtqueue_kick(): notify only when the device asked for it. Returns whether it did.
   bool kick(uint16_t q) {
     if (!driver(q).kick_needed()) return false;
+    ++kicks_.at(q);
     notify(q);
     return true;
   }
+  // The notifications kick() sent for queue `q` (each one an exit in a real guest).
+  size_t kicks(uint16_t q) const { return kicks_.at(q); }
 
   size_t queue_interrupts(uint16_t q) const { return queue_interrupts_.at(q); }
   size_t config_interrupts() const { return config_interrupts_; }
@@ -472,6 +476,7 @@ class FakeTransport : public Interrupt, public QueueErrorHandler {
   std::vector<Queue> queues_;
   std::vector<std::unique_ptr<FakeQueueDriver>> drivers_;
   std::vector<size_t> queue_interrupts_;
+  std::vector<size_t> kicks_;
   size_t config_interrupts_ = 0;
   uint64_t features_ = 0;
   uint8_t status_ = 0;
