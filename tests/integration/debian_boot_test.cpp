@@ -93,12 +93,15 @@ void expect_booted(const PierResult& r) {
   for (const char* bad : {"Kernel panic", "BUG:", "Oops", "segfault", "general protection"}) {
     EXPECT_EQ(r.out.find(bad), std::string::npos) << bad << "\n" << r.describe();
   }
-  // The UART's interrupt arrives through the IOAPIC (pin 4 of pier's MADT), with no `noapic`.
+  // The UART's interrupt arrives through the IOAPIC, pin 4 of pier's MADT, with no `noapic`:
+  // "<linux irq>: <count per cpu>... IO-APIC 4-edge ttyS0". (Linux numbers it 25 or so, not 4:
+  // a hardware-reduced ACPI machine has no legacy PIC, so legacy IRQs are not identity-mapped.)
   const std::string irq = value_of(r.out, "serial_irq");
-  EXPECT_EQ(irq.rfind("4: ", 0), 0u) << irq;
-  EXPECT_NE(irq.find("IO-APIC"), std::string::npos) << irq;
+  EXPECT_NE(irq.find("IO-APIC 4-edge"), std::string::npos) << irq;
   long serial_interrupts = 0;
-  std::istringstream words(irq.size() > 3 ? irq.substr(3) : "");
+  std::istringstream words(irq);
+  std::string linux_irq;
+  words >> linux_irq;
   for (std::string w; words >> w && w != "IO-APIC";) serial_interrupts += std::atol(w.c_str());
   EXPECT_GT(serial_interrupts, 0) << irq;
   if (pvm_host()) {
