@@ -290,8 +290,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         break;
       case 14:
         if (in.ConsumeBool()) {
+          if (trace) std::fprintf(stderr, "  hibernation: freeze and restore\n");
           if (!os->freeze_and_restore()) fail("restore failed");
         } else {
+          if (trace) std::fprintf(stderr, "  driver reset and re-probe\n");
           os->transport().reset();
           os = std::make_unique<LinuxConsoleModel>(guest, device, lo);
           if (!os->probe()) fail("re-probe failed");

@@ -79,6 +79,9 @@ struct ConsoleDevice::Port {
 struct ConsoleDevice::Slot {
   Fifo<Chain> rx_held;  // rx buffers popped and not filled yet, in ring order
   std::unique_ptr<Port> port;
+  // The incarnation whose PORT_READY was last taken: the port the guest driver has (0: none
+  // known). Kept across resets, since a driver restored from hibernation keeps its ports.
+  uint64_t guest_serial = 0;
 };
 
 class ConsoleDevice::PortListener final : public chardev::PortBackend::Listener {
@@ -874,7 +877,23 @@ void ConsoleDevice::handle_driver_message(std::span<const uint8_t> bytes) {
         return;
       }
     }
+    Slot& slot = slots_[m.id];
+    if (!p->add_sent && slot.guest_serial != 0 && slot.guest_serial != p->serial) {
+      // A PORT_READY without our PORT_ADD since the reset: a driver restored from hibernation
+      // re-announcing the ports it kept - but it kept an earlier incarnation of this id (the
+      // host replaced the port meanwhile, possibly a console by a generic port). Make it drop
+      // that one and take the new one; until it answers, this port's tx is completed as
+      // orphaned, so an old hvc never waits on the new port.
+      log::debug("virtio-console: port {}: the restored driver has an earlier port with this "
+                 "id; PORT_REMOVE and PORT_ADD",
+                 m.id);
+      queue_control(message(m.id, ControlEvent::kPortRemove, 1, slot.guest_serial));
+      queue_port_add(*p);
+      deliver_control();
+      return;
+    }
     answer_port_ready(*p);
+    if (p->ready) slot.guest_serial = p->serial;
     return;
   }
   // PORT_OPEN from the guest: it opened (1) or closed (0) the port.

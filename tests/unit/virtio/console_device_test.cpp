@@ -1090,6 +1090,41 @@ TEST(ConsoleDevice, RestoreFromHibernation) {
   EXPECT_EQ(h.os->port(1), nullptr);
 }
 
+TEST(ConsoleDevice, RestoredDriverWithAReplacedPortIsResynced) {
+  // Found by the fuzzer: hvc0 is replaced by a generic port at id 0 while the guest is frozen
+  // (the PORT_REMOVE/PORT_ADD die with the reset). The restored driver re-announces its old
+  // console with PORT_READY(0); the device must not hand queue 1 to the new port while that
+  // hvc still writes to it, and must tell the guest about the replacement.
+  LinuxConsoleOptions lo;
+  lo.control_rx_buffers = 1;
+  lo.refill_control = false;
+  ConsoleHarness h(small_console_options(), lo);
+  auto c0 = h.port("", true);
+  h.start();
+  ASSERT_TRUE(h.os->probe());
+  h.os->refill_control(16);
+  h.os->settle();
+  ASSERT_TRUE(h.guest_port(0).console);
+  h.device->remove_port(0);
+  auto [backend, state] = make_fake_backend(false);  // nobody connected: a generic port holds
+  PortConfig c;
+  c.name = "org.pier.replacement";
+  c.backend = std::move(backend);
+  c.id = 0;
+  h.device->add_port(std::move(c));
+  ASSERT_TRUE(h.os->freeze_and_restore());  // the queued PORT_REMOVE/PORT_ADD are gone
+  ASSERT_TRUE(h.guest_port(0).console);     // the restored guest still has its hvc0
+  EXPECT_EQ(h.os->put_chars(0, "old hvc"), 7);
+  EXPECT_TRUE(h.os->problems().empty()) << h.os->problems_text();
+  EXPECT_EQ(state->output, "");
+  h.os->refill_control(16);
+  h.os->settle();
+  EXPECT_TRUE(h.os->problems().empty()) << h.os->problems_text();
+  EXPECT_FALSE(h.guest_port(0).console);
+  EXPECT_EQ(h.guest_port(0).name, "org.pier.replacement");
+  EXPECT_TRUE(h.stats(0).guest_ready);
+}
+
 TEST(ConsoleDevice, DriverWithoutMultiport) {
   LinuxConsoleOptions lo;
   lo.multiport = false;
