@@ -36,7 +36,7 @@ struct port_run {
   uint64_t queued, received, bad, first_bad;
 };
 static struct port_run runs[VCON_MAX_PORTS];
-static uint8_t chunk[VCON_BUF * 4];
+static uint8_t chunk[VCON_BUF * 8];  // up to 32 KiB per write (wsize)
 static uint64_t total_bytes;
 static unsigned nports;
 // dir=both (default) | h2g (the guest only reads) | g2h (the guest only writes);
@@ -44,6 +44,8 @@ static unsigned nports;
 static int do_tx = 1, do_rx = 1, echo;
 // verify=0: count the host's bytes without checking them (benchmarks send any bytes).
 static int verify = 1;
+// wsize=N: the guest's write size (bytes per vcon_write call, 1 .. sizeof(chunk); `pier bench`).
+static uint32_t wsize = sizeof(chunk);
 
 static uint64_t data_loop(uint64_t arg) {
   (void)arg;
@@ -68,7 +70,7 @@ static uint64_t data_loop(uint64_t arg) {
       // side is slow or gone: that is the flow control under test).
       while (do_tx && r->queued < total_bytes) {
         const uint64_t left = total_bytes - r->queued;
-        const uint32_t n = left < sizeof(chunk) ? (uint32_t)left : sizeof(chunk);
+        const uint32_t n = left < wsize ? (uint32_t)left : wsize;
         struct stream save = r->tx;
         for (uint32_t i = 0; i < n; ++i) chunk[i] = stream_next(&r->tx);
         const uint32_t took = vcon_write(&con, p, chunk, n);
@@ -114,6 +116,8 @@ int test_main(void) {
   do_rx = strcmp(dir, "g2h") != 0;
   echo = cmdline_has("echo");
   verify = cmdline_u64("verify", 1) != 0;
+  wsize = (uint32_t)cmdline_u64("wsize", sizeof(chunk));
+  if (wsize < 1 || wsize > sizeof(chunk)) test_fail("wsize=%u out of range", wsize);
   if (nports < 1 || nports + 1 > VCON_MAX_PORTS) test_fail("ports=%u out of range", nports);
   int rc = vcon_init(&con, nports + 1, 10000);
   CHECK(rc == 0, "virtio-console set-up and handshake: %d", rc);
@@ -142,6 +146,18 @@ int test_main(void) {
   }
   static const char hello[] = "PIER-CONSOLE hello from hvc0\n";
   vcon_write(&con, 0, (const uint8_t *)hello, sizeof(hello) - 1);
+  // wait_host=1: start only once the host has every named port open (QEMU drops what a guest
+  // writes to an unconnected socket chardev; pier holds it).
+  if (cmdline_u64("wait_host", 0)) {
+    const uint64_t deadline = rdtsc() + 30000 * (tsc_khz() ? tsc_khz() : 3000000);
+    for (;;) {
+      vcon_poll_control(&con);
+      int open = 1;
+      for (unsigned p = 1; p <= nports; ++p) open &= con.ports[p].host_open;
+      if (open || rdtsc() > deadline) break;
+      pause();
+    }
+  }
   printf("PIER-TEST READY console_stream\n");
 
   const uint64_t khz = tsc_khz();

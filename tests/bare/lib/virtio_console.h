@@ -5,7 +5,7 @@
 #pragma once
 #include "virtio.h"
 
-#define VCON_MAX_PORTS 8
+#define VCON_MAX_PORTS 9  // port 0 (console) + 8 named ports
 #define VCON_BUF 4096
 #define VCON_RX_BUFS 16   // per port rx queue
 #define VCON_QSIZE 32
