@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "vmm/bench_command.hpp"
 #include "vmm/error.hpp"
 #include "vmm/log.hpp"
 #include "vmm/machine.hpp"
@@ -19,6 +20,8 @@ constexpr const char* kUsage =
     "\n"
     "Commands:\n"
     "  run        boot a guest (pier run --help for its options)\n"
+    "  bench      host<->guest throughput/latency benchmark, optionally beside QEMU\n"
+    "             (pier bench --help)\n"
     "\n"
     "Options:\n"
     "  --version  print the version\n"
@@ -64,6 +67,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (args[0] == "run") return run_command({args.begin() + 1, args.end()});
+    if (args[0] == "bench") pier::bench_command({args.begin() + 1, args.end()});
     throw pier::Error(fmt::format("unknown command '{}' (try pier --help)", args[0]));
   } catch (const pier::Error& e) {
     std::fprintf(stderr, "pier: %s\n", e.what());
