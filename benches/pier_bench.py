@@ -506,6 +506,37 @@ def sizes(text):
     return out
 
 
+MICRO_BENCHES = ("virtqueue_bench", "console_bench", "virtio_pci_bench")
+
+
+def run_micro(pier, extra):
+    """The Google Benchmark binaries for the virtqueue, console and virtio-pci hot paths (built by
+    CMake into <build>/benches/), one after the other."""
+    here = os.path.dirname(os.path.abspath(pier))
+    missing = [b for b in MICRO_BENCHES if not os.access(os.path.join(here, "benches", b), os.X_OK)]
+    if missing:
+        raise BenchError(f"micro-benchmarks {', '.join(missing)} not found in {here}/benches; "
+                         "build them with `ninja -C build " + " ".join(missing) + "`")
+    for b in MICRO_BENCHES:
+        print(f"== {b}", flush=True)
+        rc = subprocess.call([os.path.join(here, "benches", b)] + extra)
+        if rc != 0:
+            raise BenchError(f"{b} exited {rc}")
+    return 0
+
+
+def load_csv(path):
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            for k in ("size", "ports", "runs"):
+                r[k] = int(r[k])
+            for k in ("min", "median", "max"):
+                r[k] = float(r[k])
+            rows.append(r)
+    return rows
+
+
 def find_guest(pier, name):
     here = os.path.dirname(os.path.abspath(pier))
     for c in (os.path.join(here, "tests", "bare", name), os.path.join(ROOT, "build", "tests",
@@ -559,7 +590,27 @@ def main(argv=None):
     ap.add_argument("--csv", help="write every point to this CSV file")
     ap.add_argument("--plot", help="write a PNG plot (gnuplot) to this file")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--from-csv", metavar="FILE",
+                    help="no run: print the table (and --plot) from a CSV an earlier run wrote")
+    ap.add_argument("--micro", action="store_true",
+                    help="run the Google Benchmark micro-benchmarks (virtqueue, console, "
+                         "virtio-pci hot paths) instead; arguments after -- go to each binary")
+    argv = sys.argv[1:] if argv is None else argv
+    extra = []
+    if "--" in argv:
+        extra = argv[argv.index("--") + 1:]
+        argv = argv[:argv.index("--")]
     a = ap.parse_args(argv)
+    if a.micro:
+        return run_micro(a.pier, extra)
+    if a.from_csv:
+        b = Bench(a, [])
+        b.results = load_csv(a.from_csv)
+        print(b.table())
+        if a.plot:
+            b.plot(a.plot)
+            print(f"plot: {a.plot}")
+        return 0
     compare = {c.strip() for x in a.compare for c in x.split(",") if c.strip()}
     unknown = compare - {"qemu", "ceiling"}
     if unknown:
