@@ -124,6 +124,13 @@ class Pier:
     def __init__(self, pier, guest):
         self.pier, self.guest, self.label, self.engine = pier, guest, "pier", "KVM"
 
+    def linux_argv(self, ctl, paths):
+        a = [self.pier, "run", "--rng", "false", "--memory", "1G",
+             "--port", f"name=org.pier.bench.ctl,socket={ctl}"]
+        for i, p in enumerate(paths, 1):
+            a += ["--port", f"name={PORT_NAME.format(i)},socket={p}"]
+        return a + ["--", f'eval "$(echo {linux_b64()}|base64 -d)"']
+
     def argv(self, cmdline, paths):
         a = [self.pier, "run", "--kernel", self.guest, "--rng", "false", "--memory", "256M",
              "--cmdline", cmdline]
@@ -133,10 +140,26 @@ class Pier:
 
 
 class Qemu:
-    def __init__(self, binary, guest, accel):
+    def __init__(self, binary, guest, accel, pier_binary=""):
         self.binary, self.guest, self.accel = binary, guest, accel
+        self.pier_binary = pier_binary
         self.label = "qemu" if accel == "kvm" else "qemu-tcg"
         self.engine = "KVM" if accel == "kvm" else "TCG (no KVM)"
+
+    def linux_argv(self, ctl, paths):
+        d = os.path.join(os.path.dirname(os.path.abspath(self.pier_binary)), "guest")
+        a = [self.binary, "-machine", f"pc,accel={self.accel}", "-m", "1G", "-nodefaults",
+             "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio",
+             "-cpu", "kvm64,pni=off" if self.accel == "kvm" else "max",
+             "-kernel", os.path.join(d, "vmlinuz"), "-initrd", os.path.join(d, "initramfs.cpio"),
+             "-append", f"console=ttyS0 reboot=k panic=-1 pier.cmd={linux_b64()}",
+             "-device", f"virtio-serial-pci,max_ports={len(paths) + 2}",
+             "-chardev", f"socket,id=ctl,path={ctl},server=on,wait=off",
+             "-device", "virtserialport,chardev=ctl,name=org.pier.bench.ctl"]
+        for i, p in enumerate(paths, 1):
+            a += ["-chardev", f"socket,id=p{i},path={p},server=on,wait=off",
+                  "-device", f"virtserialport,chardev=p{i},name={PORT_NAME.format(i)}"]
+        return a
 
     def argv(self, cmdline, paths):
         a = [self.binary, "-machine", f"pc,accel={self.accel}", "-m", "256M", "-nodefaults",
@@ -150,6 +173,162 @@ class Qemu:
             a += ["-chardev", f"socket,id=p{i},path={p},server=on,wait=off",
                   "-device", f"virtserialport,chardev=p{i},name={PORT_NAME.format(i)}"]
         return a
+
+
+# ---- --guest linux: the stock Debian guest (build/guest), one boot per system -------------------
+# The guest half is this busybox script, run by the image's /init (pier.cmd= / `--`): it serves
+# commands from the control port and uses dd/head/cat on the named ports, so the numbers include
+# the guest kernel's virtio_console driver and syscalls (emulated, hence slow, on kvm_pvm).
+LINUX_SCRIPT = r"""C=/dev/virtio-ports/org.pier.bench.ctl;P=/dev/virtio-ports/org.pier.bench
+while [ ! -e $C ];do sleep 1;done
+exec 9<>$C;echo hello >&9
+while read -r c a b n <&9;do case $c in
+g2h)for p in $(seq 1 $n);do dd if=/dev/zero of=$P$p bs=$a count=$b 2>/dev/null& done;wait;echo done >&9;;
+h2g)for p in $(seq 1 $n);do head -c $b $P$p >/dev/null& done;echo started >&9;wait;echo done >&9;;
+echo)(exec 3<>${P}1;exec cat <&3 >&3)& k=$!;echo started >&9;;
+stop)kill $k;wait;echo stopped >&9;;
+quit)echo bye >&9;exit 0;;
+esac;done
+"""
+
+
+def linux_b64():
+    import base64
+    return base64.b64encode(LINUX_SCRIPT.encode()).decode()
+
+
+class LinuxSession:
+    """One boot of the Debian guest with a control port and `ports` data ports, all connected
+    for the whole session (so the guest never sees a port without its host end)."""
+
+    def __init__(self, system, ports, boot_timeout):
+        self.system = system
+        self.tmp = tempfile.mkdtemp(prefix="pier-bench-linux-")
+        ctl = os.path.join(self.tmp, "ctl.sock")
+        paths = [os.path.join(self.tmp, f"p{p}.sock") for p in range(1, ports + 1)]
+        self.lines, self.ready_at = [], None
+        self.t_exec = time.perf_counter()
+        self.proc = subprocess.Popen(system.linux_argv(ctl, paths), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        threading.Thread(target=self._read, daemon=True).start()
+        try:
+            self.ctl = connect(ctl, self.proc)
+            self.socks = [connect(p, self.proc) for p in paths]
+        except BenchError:
+            self.close()
+            raise BenchError(self.failure("no port socket"))
+        self.ctl_buf = b""
+        self.ctl.settimeout(boot_timeout)
+        try:
+            hello = self.reply()
+        except (OSError, BenchError) as e:
+            self.close()
+            raise BenchError(self.failure(f"the guest did not start its bench script ({e})"))
+        if hello != "hello":
+            self.close()
+            raise BenchError(self.failure(f"unexpected first control line {hello!r}"))
+        self.boot_ms = ((self.ready_at or time.perf_counter()) - self.t_exec) * 1e3
+        self.ctl.settimeout(600)
+
+    def _read(self):
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            self.lines.append(line)
+            if "PIER-READY" in line and self.ready_at is None:
+                self.ready_at = time.perf_counter()
+
+    def failure(self, what):
+        return f"{self.system.label} (linux guest): {what}\n" + "\n".join(self.lines[-15:])
+
+    def reply(self):
+        while b"\n" not in self.ctl_buf:
+            d = self.ctl.recv(4096)
+            if not d:
+                raise BenchError("control port closed")
+            self.ctl_buf += d
+        line, self.ctl_buf = self.ctl_buf.split(b"\n", 1)
+        return line.decode(errors="replace").strip()
+
+    def command(self, text, expect):
+        self.ctl.sendall(text.encode() + b"\n")
+        got = self.reply()
+        if got != expect:
+            raise BenchError(self.failure(f"{text!r}: expected {expect!r}, got {got!r}"))
+
+    def g2h(self, size, count, ports):
+        total = size * count
+        firsts, lasts, first_len = [None] * ports, [0.0] * ports, [0] * ports
+
+        def recv(i):
+            buf = bytearray(1 << 20)
+            left = total
+            while left:
+                n = self.socks[i].recv_into(buf, min(len(buf), left))
+                if n == 0:
+                    raise BenchError("connection closed early")
+                if firsts[i] is None:
+                    firsts[i], first_len[i] = time.perf_counter(), n
+                left -= n
+            lasts[i] = time.perf_counter()
+
+        ths = [threading.Thread(target=recv, args=(i,)) for i in range(ports)]
+        for t in ths:
+            t.start()
+        self.ctl.sendall(f"g2h {size} {count} {ports}\n".encode())
+        for t in ths:
+            t.join()
+        got = self.reply()
+        if got != "done":
+            raise BenchError(self.failure(f"g2h: got {got!r}"))
+        moved = total * ports - sum(first_len)
+        secs = max(lasts) - min(firsts)
+        return (moved / secs / 1e6 if secs > 0 and moved > 0 else total * ports / 1e-6 / 1e6), \
+            total * ports
+
+    def h2g(self, size, total, ports):
+        self.command(f"h2g 0 {total} {ports}", "started")
+        t0 = time.perf_counter()
+        ths = [threading.Thread(target=send_all, args=(self.socks[i], total, size))
+               for i in range(ports)]
+        for t in ths:
+            t.start()
+        for t in ths:
+            t.join()
+        got = self.reply()
+        if got != "done":
+            raise BenchError(self.failure(f"h2g: got {got!r}"))
+        return total * ports / (time.perf_counter() - t0) / 1e6, total * ports
+
+    def pingpong(self, size, rounds):
+        self.command("echo", "started")
+        s, lat = self.socks[0], []
+        msg, buf = bytes(size), bytearray(size)
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            s.sendall(msg)
+            got = 0
+            while got < size:
+                n = s.recv_into(memoryview(buf)[got:])
+                if n == 0:
+                    raise BenchError("connection closed early")
+                got += n
+            lat.append(time.perf_counter() - t0)
+        self.command("stop", "stopped")
+        lat.sort()
+        return lat[len(lat) // 2] * 1e6, lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6
+
+    def close(self):
+        try:
+            if self.proc.poll() is None and hasattr(self, "ctl_buf"):
+                self.ctl.settimeout(30)
+                self.command("quit", "bye")
+                self.proc.wait(120)
+        except (OSError, BenchError, subprocess.TimeoutExpired):
+            pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def send_all(s, total, size):
@@ -178,6 +357,7 @@ class Bench:
         self.cpu = {}      # system label -> [cpu seconds, bytes]
         self.done, self.total = 0, 0
         self.broken = {}   # system label -> why it could not run
+        self.engines = {}  # system label -> engine, as recorded
 
     # ---- progress ------------------------------------------------------------------------
     def step(self, what):
@@ -370,7 +550,83 @@ class Bench:
                 engine = next(s.engine for s in vm_systems if s.label == label)
                 self.add(label, engine, "cpu_per_gib", "-", 0, 0, "s/GiB", [cpu / (moved / GiB)])
 
+    # ---- --guest linux: one boot per system, the whole matrix inside it -----------------------
+    def run_linux(self):
+        a = self.a
+        pts = [p for p in self.points() if p[0] != "boot"]
+        systems = list(self.systems)
+        self.total = len(systems) * (len(pts) * a.runs + 1)
+        while systems:
+            sysm = systems.pop(0)
+            self.step(f"{sysm.label}: booting the Debian guest")
+            try:
+                sess = LinuxSession(sysm, max(a.ports), a.boot_timeout)
+            except BenchError as e:
+                if sysm.label == "pier":
+                    raise
+                self.broken[sysm.label] = str(e)
+                sys.stderr.write(f"\npier bench: {sysm.label} could not run the Linux guest: "
+                                 f"{str(e).splitlines()[0]}\n")
+                if getattr(sysm, "accel", "") == "kvm" and a.allow_tcg:
+                    t = Qemu(sysm.binary, sysm.guest, "tcg", sysm.pier_binary)
+                    systems.insert(0, t)
+                    self.total += len(pts) * a.runs + 1
+                else:
+                    self.done += len(pts) * a.runs
+                continue
+            try:
+                self.add(sysm.label, sysm.engine, "boot", "-", 0, 1, "ms", [sess.boot_ms])
+                for kind, direction, size, ports in pts:
+                    vals, amount = [], None
+                    for r in range(a.runs):
+                        self.step(f"{sysm.label} {kind} {direction} {human(size)} x{ports} "
+                                  f"run {r + 1}")
+                        if kind == "pingpong":
+                            vals.append(sess.pingpong(size, a.rounds))
+                            continue
+                        if amount is None:  # calibrate: a short run sets the amount for ~T s
+                            cal = max(1, (64 * KiB) // size) if direction == "g2h" else 256 * KiB
+                            if direction == "g2h":
+                                rate, _ = sess.g2h(size, min(cal, 4096), ports)
+                                amount = max(1, min(int(rate * 1e6 * a.seconds / size / ports),
+                                                    a.mib * MiB // size))
+                            else:
+                                rate, _ = sess.h2g(size, cal, ports)
+                                amount = max(size, min(int(rate * 1e6 * a.seconds / ports),
+                                                       a.mib * MiB))
+                        cpu0 = proc_cpu_seconds(sess.proc.pid)
+                        if direction == "g2h":
+                            v, moved = sess.g2h(size, amount, ports)
+                        else:
+                            v, moved = sess.h2g(size, amount, ports)
+                        cpu1 = proc_cpu_seconds(sess.proc.pid)
+                        if cpu0 is not None and cpu1 is not None:
+                            c = self.cpu.setdefault(sysm.label, [0.0, 0])
+                            c[0] += cpu1 - cpu0
+                            c[1] += moved
+                        vals.append(v)
+                    if kind == "pingpong":
+                        self.add(sysm.label, sysm.engine, "latency_p50", direction, size, ports,
+                                 "us", [v[0] for v in vals])
+                        self.add(sysm.label, sysm.engine, "latency_p99", direction, size, ports,
+                                 "us", [v[1] for v in vals])
+                    else:
+                        self.add(sysm.label, sysm.engine, "throughput", direction, size, ports,
+                                 "MB/s", vals)
+            finally:
+                sess.close()
+        if a.ceiling:
+            for kind, direction, size, ports in pts:
+                if kind == "throughput":
+                    vals = [self.ceiling(direction, size, ports, self.total_bytes(direction, size))
+                            for _ in range(a.runs)]
+                    self.add("ceiling", "host", "throughput", direction, size, ports, "MB/s", vals)
+        for label, (cpu, moved) in self.cpu.items():
+            if moved:
+                self.add(label, self.engines[label], "cpu_per_gib", "-", 0, 0, "s/GiB", [cpu / (moved / GiB)])
+
     def add(self, label, engine, test, direction, size, ports, unit, vals):
+        self.engines[label] = engine
         self.results.append(dict(system=label, engine=engine, test=test, direction=direction,
                                  size=size, ports=ports, unit=unit, runs=len(vals),
                                  min=min(vals), median=statistics.median(vals), max=max(vals)))
@@ -558,6 +814,34 @@ def qemu_probe(binary, guest, accel, timeout):
         return str(e)
 
 
+def main_linux(a, compare):
+    guest_dir = os.path.join(os.path.dirname(os.path.abspath(a.pier)), "guest")
+    if not os.path.exists(os.path.join(guest_dir, "vmlinuz")):
+        raise BenchError(f"--guest linux needs the Debian guest in {guest_dir} (tools/guest-image)")
+    systems = [Pier(a.pier, "")]
+    if "qemu" in compare:
+        if not shutil.which(a.qemu):
+            raise BenchError(f"--compare qemu: {a.qemu} not found (apt-get install "
+                             "qemu-system-x86; see tools/install-deps)")
+        accel = "kvm" if a.qemu_accel in ("auto", "kvm") else "tcg"
+        systems.append(Qemu(a.qemu, "", accel, a.pier))
+    a.ceiling = "ceiling" in compare
+    if a.boot_timeout is None:
+        a.boot_timeout = 1500  # a Debian boot on kvm_pvm takes 5-8 minutes
+    b = Bench(a, systems)
+    b.run_linux()
+    print(b.table())
+    print("note: --guest linux: one boot per system, every point inside it; the Debian guest "
+          "kernel's virtio_console and syscalls are part of every number")
+    if a.csv:
+        b.write_csv(a.csv)
+        print(f"CSV: {a.csv}")
+    if a.plot:
+        b.plot(a.plot)
+        print(f"plot: {a.plot}")
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="pier bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -582,7 +866,11 @@ def main(argv=None):
     ap.add_argument("--host-sizes", type=sizes, default=sizes("4K,16K,64K,256K,1M"))
     ap.add_argument("--ports", type=lambda t: [int(x) for x in t.split(",")], default=[1, 2, 4, 8])
     ap.add_argument("--pingpong-sizes", type=sizes, default=sizes("1,4K"))
-    ap.add_argument("--rounds", type=int, default=2000, help="ping-pong round trips per run")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="ping-pong round trips per run (default 2000; 200 for --guest linux)")
+    ap.add_argument("--seconds", type=float, default=2.0,
+                    help="--guest linux: target seconds per throughput run (amounts are "
+                         "calibrated by a short run first)")
     ap.add_argument("--quick", action="store_true",
                     help="CI mode: tiny sizes, one run (what the integration test runs)")
     ap.add_argument("--boot-timeout", type=float, default=None,
@@ -616,16 +904,16 @@ def main(argv=None):
     if unknown:
         ap.error(f"--compare: unknown {', '.join(sorted(unknown))} (qemu, ceiling)")
     a.ceiling = "ceiling" in compare
+    if a.rounds is None:
+        a.rounds = 200 if a.guest == "linux" else 2000
     if a.quick:
-        a.runs, a.mib = 1, 1
+        a.runs, a.mib, a.seconds = 1, 1, 0.5
         a.guest_sizes, a.host_sizes = sizes("64,4K"), sizes("4K,64K")
         a.ports, a.pingpong_sizes, a.rounds = [1, 2], sizes("1"), 50
-    if a.guest == "linux":
-        raise BenchError("--guest linux is not implemented yet: the Debian guest boots in 5-8 "
-                         "minutes on this kvm_pvm host and needs a guest-side streaming "
-                         "program; use --guest bare (see README, Performance)")
     if not os.access(a.pier, os.X_OK):
         raise BenchError(f"pier binary {a.pier} not found or not executable")
+    if a.guest == "linux":
+        return main_linux(a, compare)
     image = a.guest_image or find_guest(a.pier, "console_stream.elf")
     systems = [Pier(a.pier, image)]
     notes = []
@@ -645,7 +933,7 @@ def main(argv=None):
                 if accel is None:
                     notes.append("QEMU skipped (pass --allow-tcg to compare with QEMU TCG)")
         if accel:
-            systems.append(Qemu(a.qemu, image, accel))
+            systems.append(Qemu(a.qemu, image, accel, a.pier))
             if accel == "tcg":
                 notes.append("QEMU runs with TCG (software emulation): 'qemu-tcg' is not a "
                              "like-for-like comparison with KVM")
