@@ -23,6 +23,11 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PORT_NAME = "org.pier.bench{}"
 
 
+def num(v):
+    """Three significant digits for small values, one decimal for the rest."""
+    return f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+
+
 def human(n):
     for unit, f in (("MiB", MiB), ("KiB", KiB)):
         if n >= f and n % f == 0:
@@ -50,11 +55,13 @@ def connect(path, proc, timeout=60.0):
 
 
 def proc_cpu_seconds(pid):
-    """utime + stime of every thread of pid so far (clock ticks), or None once it is gone."""
+    """Host CPU seconds the VMM process (all threads) spent outside the guest so far: utime +
+    stime - guest_time (/proc/PID/stat fields 14, 15, 43; utime includes the time vCPUs ran
+    guest code, which the guest's polling loop keeps at one CPU). None once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return (int(fields[11]) + int(fields[12]) - int(fields[40])) / CLK_TCK
     except (OSError, IndexError, ValueError):
         return None
 
@@ -420,8 +427,8 @@ class Bench:
             us = int(line.split(" in ")[1].split()[0]) if line else 0
             if us > 0:
                 secs = us / 1e6
-        if cpu0 is not None and cpu1 is not None:
-            c = self.cpu.setdefault(system.label, [0.0, 0])
+        if cpu0 is not None and cpu1 is not None and size >= 4 * KiB:  # bulk transfers only
+            c = self.cpu.setdefault((system.label, direction), [0.0, 0])
             c[0] += cpu1 - cpu0
             c[1] += total * ports
         return total * ports / secs / 1e6
@@ -549,10 +556,7 @@ class Bench:
                     self.add(label, engine, "boot", direction, size, ports, "ms", vs)
                 else:
                     self.add(label, engine, "throughput", direction, size, ports, "MB/s", vs)
-        for label, (cpu, moved) in self.cpu.items():
-            if moved:
-                engine = next(s.engine for s in vm_systems if s.label == label)
-                self.add(label, engine, "cpu_per_gib", "-", 0, 0, "s/GiB", [cpu / (moved / GiB)])
+        self.add_cpu()
 
     # ---- --guest linux: one boot per system, the whole matrix inside it -----------------------
     def run_linux(self):
@@ -604,8 +608,8 @@ class Bench:
                         else:
                             v, moved = sess.h2g(size, amount, ports)
                         cpu1 = proc_cpu_seconds(sess.proc.pid)
-                        if cpu0 is not None and cpu1 is not None:
-                            c = self.cpu.setdefault(sysm.label, [0.0, 0])
+                        if cpu0 is not None and cpu1 is not None and size >= 4 * KiB:
+                            c = self.cpu.setdefault((sysm.label, direction), [0.0, 0])
                             c[0] += cpu1 - cpu0
                             c[1] += moved
                         vals.append(v)
@@ -625,9 +629,13 @@ class Bench:
                     vals = [self.ceiling(direction, size, ports, self.total_bytes(direction, size))
                             for _ in range(a.runs)]
                     self.add("ceiling", "host", "throughput", direction, size, ports, "MB/s", vals)
-        for label, (cpu, moved) in self.cpu.items():
+        self.add_cpu()
+
+    def add_cpu(self):
+        for (label, direction), (cpu, moved) in sorted(self.cpu.items()):
             if moved:
-                self.add(label, self.engines[label], "cpu_per_gib", "-", 0, 0, "s/GiB", [cpu / (moved / GiB)])
+                self.add(label, self.engines[label], "cpu_per_gib", direction, 0, 0, "s/GiB",
+                         [max(cpu, 0.0) / (moved / GiB)])
 
     def add(self, label, engine, test, direction, size, ports, unit, vals):
         self.engines[label] = engine
@@ -658,19 +666,20 @@ class Bench:
             if test == "boot":
                 name = f"boot to READY ({unit})"
             elif test == "cpu_per_gib":
-                name = f"VMM host CPU per GiB ({unit})"
+                name = f"VMM CPU/GiB, {names[d]} ({unit})"
             elif test.startswith("latency"):
                 name = f"{names[d]} {human(size)} {test[8:]} ({unit})"
             else:
                 name = f"{names[d]} {human(size)} writes, {ports}p ({unit})"
             p = by.get(("pier", test, d, size, ports, unit))
             row = f"{name:36} "
-            row += (f"{p['min']:9.1f}{p['median']:9.1f}{p['max']:10.1f}" if p else f"{'-':>28}")
+            row += (f"{num(p['min']):>9}{num(p['median']):>9}{num(p['max']):>10}" if p
+                    else f"{'-':>28}")
             for o in others:
                 q = by.get((o, test, d, size, ports, unit))
                 if q:
                     ratio = f"{p['median'] / q['median']:.2f}" if p and q["median"] else "-"
-                    row += f" {q['median']:16.1f} {ratio:>9}"
+                    row += f" {num(q['median']):>16} {ratio:>9}"
                 else:
                     row += f" {'-':>16} {'-':>9}"
             out.append(row)
