@@ -78,7 +78,8 @@ class Guest:
         self.t_exec = time.perf_counter()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
         try:
             self.socks = [connect(p, self.proc) for p in paths]
         except BenchError:
@@ -111,7 +112,7 @@ class Guest:
         except subprocess.TimeoutExpired:
             self.kill()
             raise BenchError(self.failure("guest did not finish"))
-        time.sleep(0.01)  # the reader thread drains the pipe
+        self.reader.join(10)  # until the reader thread has every line (EOF on the pipe)
         for s in self.socks:
             s.close()
         if not any("PIER-TEST PASS" in l for _, l in self.lines):
