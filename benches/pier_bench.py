@@ -209,7 +209,7 @@ class LinuxSession:
     """One boot of the Debian guest with a control port and `ports` data ports, all connected
     for the whole session (so the guest never sees a port without its host end)."""
 
-    def __init__(self, system, ports, boot_timeout):
+    def __init__(self, system, ports, boot_timeout, stall=120):
         self.system = system
         self.tmp = tempfile.mkdtemp(prefix="pier-bench-linux-")
         ctl = os.path.join(self.tmp, "ctl.sock")
@@ -226,9 +226,8 @@ class LinuxSession:
             self.close()
             raise BenchError(self.failure("no port socket"))
         self.ctl_buf = b""
-        self.ctl.settimeout(boot_timeout)
         try:
-            hello = self.reply()
+            hello = self.wait_hello(boot_timeout, stall)
         except (OSError, BenchError) as e:
             self.close()
             raise BenchError(self.failure(f"the guest did not start its bench script ({e})"))
@@ -237,6 +236,35 @@ class LinuxSession:
             raise BenchError(self.failure(f"unexpected first control line {hello!r}"))
         self.boot_ms = ((self.ready_at or time.perf_counter()) - self.t_exec) * 1e3
         self.ctl.settimeout(600)
+
+    def wait_hello(self, timeout, stall):
+        """The first control line, within `timeout` s; gives up early when the VMM process has
+        used no CPU at all (guest time included) for `stall` s: a hung guest (QEMU with KVM on
+        kvm_pvm stops this way on the Debian kernel)."""
+        end = time.time() + timeout
+        last_cpu, last_change = None, time.time()
+        self.ctl.settimeout(5)
+        while True:
+            try:
+                return self.reply()
+            except socket.timeout:
+                pass
+            now = time.time()
+            if now > end:
+                raise BenchError(f"no answer within {timeout:.0f} s")
+            try:
+                with open(f"/proc/{self.proc.pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                cpu = int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                raise BenchError("the VMM exited")
+            if cpu != last_cpu:
+                last_cpu, last_change = cpu, now
+            elif now - last_change > stall:
+                if any("emulation failure" in l or "internal error" in l for l in self.lines):
+                    raise BenchError("the VMM stopped the guest on a KVM emulation failure "
+                                     "(KVM internal error; its register dump is below)")
+                raise BenchError(f"the guest hung: the VMM used no CPU for {stall:.0f} s")
 
     def _read(self):
         for raw in self.proc.stdout:
