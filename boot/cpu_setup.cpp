@@ -24,7 +24,7 @@ constexpr uint64_t kHugePage = 1ull << 7;
 // GDT: null, unused, 64-bit code (L=1), flat data, 64-bit busy TSS (two slots).
 constexpr std::array<uint64_t, layout::kBootGdtEntries> kBootGdt = {
     0,
-    0,
+    gdt_entry(0xc09b, 0, 0xfffff),  // 0x08: flat 32-bit code (PVH entry)
     gdt_entry(0xa09b, 0, 0xfffff),
     gdt_entry(0xc093, 0, 0xfffff),
     gdt_entry(0x008b, 0, 0x67),  // present, busy 64-bit TSS, byte granular
@@ -103,6 +103,31 @@ kvm_regs boot_regs(uint64_t entry, uint64_t zero_page) {
   regs.rsp = layout::kBootStackTop;
   regs.rbp = layout::kBootStackTop;
   regs.rflags = 0x2;  // reserved bit 1; IF clear as the boot protocol requires
+  return regs;
+}
+
+void set_pvh_sregs(kvm_sregs& sregs) {
+  const kvm_segment code = segment_from_gdt_entry(kBootGdt[1], kBootCode32Selector);
+  const kvm_segment data = segment_from_gdt_entry(kBootGdt[3], kBootDataSelector);
+  const kvm_segment tss = segment_from_gdt_entry(kBootGdt[4], kBootTssSelector);
+  sregs.gdt.base = layout::kBootGdt;
+  sregs.gdt.limit = static_cast<uint16_t>(layout::kBootGdtEntries * 8 - 1);
+  sregs.idt.base = layout::kBootIdt;
+  sregs.idt.limit = static_cast<uint16_t>(layout::kBootIdtSize - 1);
+  sregs.cs = code;
+  sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = data;
+  sregs.tr = tss;
+  sregs.cr0 = kCr0Pe | kCr0Et;
+  sregs.cr3 = 0;
+  sregs.cr4 = 0;
+  sregs.efer = 0;
+}
+
+kvm_regs pvh_regs(uint64_t entry, uint64_t start_info) {
+  kvm_regs regs{};
+  regs.rip = entry;
+  regs.rbx = start_info;
+  regs.rflags = 0x2;
   return regs;
 }
 

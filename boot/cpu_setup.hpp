@@ -11,6 +11,7 @@
 
 namespace pier::boot {
 
+constexpr uint16_t kBootCode32Selector = 0x08;  // flat 32-bit code, for the PVH entry
 constexpr uint16_t kBootCodeSelector = 0x10;
 constexpr uint16_t kBootDataSelector = 0x18;
 constexpr uint16_t kBootTssSelector = 0x20;
@@ -34,6 +35,10 @@ void write_identity_page_tables(const GuestMemory& memory);
 // Long mode, paging, flat boot segments: applied on top of the vCPU's reset sregs.
 void set_long_mode_sregs(kvm_sregs& sregs);
 kvm_regs boot_regs(uint64_t entry, uint64_t zero_page);
+// PVH entry (boot/pvh.hpp): 32-bit protected mode, paging off, flat CS (0x08) / data (0x18),
+// TR the boot TSS, EFER 0; EBX = start info, IF clear.
+void set_pvh_sregs(kvm_sregs& sregs);
+kvm_regs pvh_regs(uint64_t entry, uint64_t start_info);
 kvm_fpu boot_fpu();
 // MSRs a firmware would leave in a defined state (Firecracker's list).
 std::vector<kvm_msr_entry> boot_msrs();

@@ -51,6 +51,60 @@ bool is_elf(std::span<const uint8_t> file) noexcept {
   return file.size() >= SELFMAG && std::memcmp(file.data(), ELFMAG, SELFMAG) == 0;
 }
 
+std::optional<uint64_t> parse_pvh_note(std::span<const uint8_t> notes) {
+  const auto align4 = [](uint64_t n) { return (n + 3) & ~uint64_t{3}; };
+  uint64_t pos = 0;
+  while (notes.size() - pos >= sizeof(Elf64_Nhdr)) {
+    // Elf64_Nhdr has 32-bit fields (same layout as Elf32_Nhdr).
+    const auto nh = read_struct<Elf64_Nhdr>(notes, pos);
+    pos += sizeof(Elf64_Nhdr);
+    const uint64_t name_len = align4(nh.n_namesz), desc_len = align4(nh.n_descsz);
+    if (name_len > notes.size() - pos || desc_len > notes.size() - pos - name_len) break;
+    const auto name = notes.subspan(pos, nh.n_namesz);
+    const auto desc = notes.subspan(pos + name_len, nh.n_descsz);
+    pos += name_len + desc_len;
+    static constexpr uint8_t kXen[] = {'X', 'e', 'n', 0};
+    if (nh.n_type != kXenElfNotePhys32Entry || name.size() != sizeof(kXen) ||
+        std::memcmp(name.data(), kXen, sizeof(kXen)) != 0) {
+      continue;
+    }
+    uint64_t entry = 0;
+    if (desc.size() == 4) {
+      entry = read_struct<uint32_t>(desc, 0);
+    } else if (desc.size() == 8) {
+      entry = read_struct<uint64_t>(desc, 0);
+    } else {
+      throw Error(fmt::format(
+          "ELF kernel's PVH entry note (Xen, PHYS32_ENTRY) has a {}-byte descriptor, expected 4 "
+          "or 8; the file is corrupt",
+          desc.size()));
+    }
+    if (entry > UINT32_MAX) {
+      throw Error(fmt::format(
+          "ELF kernel's PVH entry {:#x} is above 4 GiB; the 32-bit entry cannot reach it", entry));
+    }
+    return entry;
+  }
+  return std::nullopt;
+}
+
+std::optional<uint64_t> find_pvh_entry(std::span<const uint8_t> file) {
+  (void)parse_elf64(file);  // validates the header and the program header table
+  const auto eh = read_struct<Elf64_Ehdr>(file, 0);
+  for (uint64_t i = 0; i < eh.e_phnum; ++i) {
+    const auto ph = read_struct<Elf64_Phdr>(file, eh.e_phoff + i * eh.e_phentsize);
+    if (ph.p_type != PT_NOTE || ph.p_filesz == 0) continue;
+    if (ph.p_offset > file.size() || ph.p_filesz > file.size() - ph.p_offset) {
+      throw Error(fmt::format(
+          "ELF kernel note segment {} (file offset {:#x}, {} bytes) extends past the {}-byte "
+          "file; the file is truncated, re-copy it",
+          i, ph.p_offset, ph.p_filesz, file.size()));
+    }
+    if (auto entry = parse_pvh_note(file.subspan(ph.p_offset, ph.p_filesz))) return entry;
+  }
+  return std::nullopt;
+}
+
 ElfImage parse_elf64(std::span<const uint8_t> file) {
   return parse_elf64_headers(file, file.size());
 }

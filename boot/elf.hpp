@@ -43,6 +43,21 @@ ElfImage parse_elf64(std::span<const uint8_t> file);
 // program header table (segment bytes are not read, only checked against `file_size`).
 ElfImage parse_elf64_headers(std::span<const uint8_t> head, uint64_t file_size);
 
+// XEN_ELFNOTE_PHYS32_ENTRY (xen/include/public/elfnote.h): the PVH entry point, a 32-bit
+// guest-physical address entered in 32-bit protected mode with paging off and EBX = the
+// hvm_start_info (boot/pvh.hpp). Linux vmlinux, QEMU's -kernel and Firecracker use the same note.
+constexpr uint32_t kXenElfNotePhys32Entry = 18;
+
+// Walks ELF note records (Elf64_Nhdr: namesz, descsz, type; name and desc each padded to 4
+// bytes) in `notes` and returns the PVH entry of the first note named "Xen" with type 18 and a
+// 4- or 8-byte descriptor. Stops quietly at a truncated record; a "Xen" PHYS32_ENTRY note whose
+// descriptor has another size, or an entry that does not fit in 32 bits, throws pier::Error.
+std::optional<uint64_t> parse_pvh_note(std::span<const uint8_t> notes);
+
+// The PVH entry from the PT_NOTE segments of a file parse_elf64 accepted (segments outside the
+// file are an error), or nullopt when there is none.
+std::optional<uint64_t> find_pvh_entry(std::span<const uint8_t> file);
+
 // Checks every segment against guest RAM (inside one RAM region, not below 1 MiB where pier keeps
 // the zero page, page tables and ACPI tables) before writing anything, then copies each segment
 // to its paddr through GuestMemory and zero-fills its bss. `file` must be the bytes `image` was

@@ -43,6 +43,20 @@ LoadedKernel load_plain_elf(const GuestMemory& memory, std::span<const uint8_t> 
   k.method = BootMethod::kDirect;
   k.description = fmt::format("ELF64 kernel, {} segment(s) at [{:#x}, {:#x}), entry {:#x}",
                               elf.segments.size(), elf.lowest_paddr, elf.highest_end, elf.entry);
+  if (const auto pvh = find_pvh_entry(file)) {
+    const bool inside = std::any_of(elf.segments.begin(), elf.segments.end(), [&](const auto& s) {
+      return *pvh >= s.paddr && *pvh - s.paddr < s.memsz;
+    });
+    if (!inside) {
+      throw Error(fmt::format(
+          "ELF kernel's PVH entry {:#x} (Xen PHYS32_ENTRY note) is outside its loaded segments; "
+          "the file is corrupt",
+          *pvh));
+    }
+    k.pvh = true;
+    k.entry = *pvh;
+    k.description += fmt::format(", PVH entry {:#x} (32-bit)", *pvh);
+  }
   return k;
 }
 

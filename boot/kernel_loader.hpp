@@ -34,6 +34,10 @@ struct LoadedKernel {
   uint32_t initrd_addr_max = 0x7fffffff;  // from the header, or 0x7fffffff for a plain ELF
   uint32_t cmdline_size = 2047;           // from the header, or 2047 for a plain ELF
   BootMethod method = BootMethod::kBzImage;
+  // A plain ELF with a PVH note (XEN_ELFNOTE_PHYS32_ENTRY): `entry` is the note's 32-bit entry,
+  // entered in protected mode with EBX = the PVH start info (boot/pvh.hpp), not the 64-bit
+  // protocol's e_entry with RSI = zero page.
+  bool pvh = false;
   // One line for logs, e.g. "bzImage protocol 2.15, lz4 payload 13.4 MiB -> ELF 50.8 MiB in
   // 61 ms, entry 0x1000000".
   std::string description;

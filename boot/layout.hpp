@@ -19,6 +19,10 @@ constexpr uint64_t kBootGdtEntries = 6;
 // Boot IDT: one empty gate; interrupts stay off until the kernel installs its own.
 constexpr uint64_t kBootIdt = 0x540;
 constexpr uint64_t kBootIdtSize = 8;
+// PVH start info (boot/pvh.hpp) with its module list and memory map, 4 KiB; only for guests
+// entered through the PVH note.
+constexpr uint64_t kPvhStartInfo = 0x6000;
+constexpr uint64_t kPvhStartInfoSize = 4 * KiB;
 // Zero page: struct boot_params, 4 KiB.
 constexpr uint64_t kZeroPage = 0x7000;
 constexpr uint64_t kZeroPageSize = 4 * KiB;
@@ -93,7 +97,8 @@ constexpr uint32_t kAcpiSciIrq = 9;
 constexpr uint32_t kIoapicPins = 24;
 
 static_assert(kBootGdt + kBootGdtEntries * 8 <= kBootIdt);
-static_assert(kBootIdt + kBootIdtSize <= kZeroPage);
+static_assert(kBootIdt + kBootIdtSize <= kPvhStartInfo);
+static_assert(kPvhStartInfo + kPvhStartInfoSize <= kZeroPage && kPvhStartInfo % 4096 == 0);
 static_assert(kZeroPage + kZeroPageSize <= kBootStackTop + 16);
 static_assert(kBootStackTop < kPml4);
 static_assert(kPml4 + 4 * KiB == kPdpt && kPdpt + 4 * KiB == kPageDirs);

@@ -16,6 +16,7 @@
 #include "boot/e820.hpp"
 #include "boot/fdt.hpp"
 #include "boot/layout.hpp"
+#include "boot/pvh.hpp"
 #include "boot/zero_page.hpp"
 #include "devices/chardev/port_backend.hpp"
 #include "devices/chardev/pump.hpp"
@@ -390,6 +391,17 @@ void Machine::load_guest() {
   zp.setup_data = setup_data;
   const boot::ZeroPage page = boot::build_zero_page(zp);
   mem.load(layout::kZeroPage, page, "zero page");
+  if (kernel_.pvh) {
+    boot::PvhStartInfoConfig pvh;
+    pvh.address = layout::kPvhStartInfo;
+    pvh.cmdline_address = layout::kCmdline;
+    pvh.rsdp = rsdp;
+    pvh.initrd_address = initrd_address;
+    pvh.initrd_size = initrd_size;
+    pvh.memmap = zp.e820;
+    const boot::PvhStartInfo info = boot::build_pvh_start_info(pvh);
+    mem.load(layout::kPvhStartInfo, info, "PVH start info");
+  }
 
   boot::write_boot_gdt_and_idt(mem);
   boot::write_identity_page_tables(mem);
@@ -416,9 +428,15 @@ void Machine::create_vcpus() {
       // The BSP starts at the kernel's 64-bit entry; APs wait for INIT-SIPI-SIPI (KVM's
       // in-kernel LAPIC holds them in the wait-for-SIPI state).
       kvm_sregs sregs = vcpu->sregs();
-      boot::set_long_mode_sregs(sregs);
-      vcpu->set_sregs(sregs);
-      vcpu->set_regs(boot::boot_regs(kernel_.entry, layout::kZeroPage));
+      if (kernel_.pvh) {
+        boot::set_pvh_sregs(sregs);
+        vcpu->set_sregs(sregs);
+        vcpu->set_regs(boot::pvh_regs(kernel_.entry, layout::kPvhStartInfo));
+      } else {
+        boot::set_long_mode_sregs(sregs);
+        vcpu->set_sregs(sregs);
+        vcpu->set_regs(boot::boot_regs(kernel_.entry, layout::kZeroPage));
+      }
       vcpu->set_fpu(boot::boot_fpu());
     }
     assist_->prepare_vcpu(*vcpu);

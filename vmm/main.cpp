@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "vmm/bench_command.hpp"
 #include "vmm/ctl.hpp"
 #include "vmm/error.hpp"
 #include "vmm/log.hpp"
@@ -22,6 +23,8 @@ constexpr const char* kUsage =
     "  run        boot a guest (pier run --help for its options)\n"
     "  ctl        drive a running pier through its --api-socket (pier ctl --help)\n"
     "  port       attach this terminal or a pipe to a port's socket (pier port --help)\n"
+    "  bench      host<->guest throughput/latency benchmark, optionally beside QEMU\n"
+    "             (pier bench --help)\n"
     "\n"
     "Options:\n"
     "  --version  print the version\n"
@@ -69,6 +72,7 @@ int main(int argc, char** argv) {
     if (args[0] == "run") return run_command({args.begin() + 1, args.end()});
     if (args[0] == "ctl") return pier::ctl_command({args.begin() + 1, args.end()});
     if (args[0] == "port") return pier::port_command({args.begin() + 1, args.end()});
+    if (args[0] == "bench") pier::bench_command({args.begin() + 1, args.end()});
     throw pier::Error(fmt::format("unknown command '{}' (try pier --help)", args[0]));
   } catch (const pier::Error& e) {
     std::fprintf(stderr, "pier: %s\n", e.what());

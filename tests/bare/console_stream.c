@@ -63,6 +63,8 @@ static int do_tx = 1, do_rx = 1, echo;
 // verify=0 (benchmarks): count the host's bytes without checking them, and send the transmit
 // buffers without generating the stream into them (the host side does not check either).
 static int verify = 1;
+// wsize=N: the guest's write size, bytes per transmit chain (1 .. 64 KiB; `pier bench`).
+static uint32_t wsize = VCON_DATA_BUF;
 
 static uint64_t data_loop(uint64_t arg) {
   (void)arg;
@@ -90,7 +92,8 @@ static uint64_t data_loop(uint64_t arg) {
       uint32_t room;
       while (do_tx && r->queued < total_bytes && (buf = vcon_write_buf(&con, p, &room))) {
         const uint64_t left = total_bytes - r->queued;
-        const uint32_t n = left < room ? (uint32_t)left : room;
+        uint32_t n = left < room ? (uint32_t)left : room;
+        if (n > wsize) n = wsize;  // one chain per write of wsize bytes
         if (verify) stream_fill(&r->tx, buf, n);
         vcon_write_commit(&con, p, n);
         r->queued += n;
@@ -142,6 +145,8 @@ int test_main(void) {
   // rxbufs=N / txbufs=N: 64 KiB buffers per port posted for receive / in flight for transmit.
   vcon_rx_bufs = (unsigned)cmdline_u64("rxbufs", vcon_rx_bufs);
   vcon_tx_bufs = (unsigned)cmdline_u64("txbufs", vcon_tx_bufs);
+  wsize = (uint32_t)cmdline_u64("wsize", VCON_DATA_BUF);
+  if (wsize < 1 || wsize > VCON_DATA_BUF) test_fail("wsize=%u out of range", wsize);
   if (nports < 1 || nports + 1 > VCON_MAX_PORTS) test_fail("ports=%u out of range", nports);
   int rc = vcon_init(&con, nports + 1, 10000);
   CHECK(rc == 0, "virtio-console set-up and handshake: %d", rc);
@@ -170,6 +175,18 @@ int test_main(void) {
   }
   static const char hello[] = "PIER-CONSOLE hello from hvc0\n";
   vcon_write(&con, 0, (const uint8_t *)hello, sizeof(hello) - 1);
+  // wait_host=1: start only once the host has every named port open (QEMU drops what a guest
+  // writes to an unconnected socket chardev; pier holds it).
+  if (cmdline_u64("wait_host", 0)) {
+    const uint64_t deadline = rdtsc() + 30000 * (tsc_khz() ? tsc_khz() : 3000000);
+    for (;;) {
+      vcon_poll_control(&con);
+      int open = 1;
+      for (unsigned p = 1; p <= nports; ++p) open &= con.ports[p].host_open;
+      if (open || rdtsc() > deadline) break;
+      pause();
+    }
+  }
   printf("PIER-TEST READY console_stream\n");
 
   const uint64_t khz = tsc_khz();

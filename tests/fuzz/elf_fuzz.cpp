@@ -1,4 +1,4 @@
-// Fuzzes the ELF64 parser and both loaders (whole file and streamed in pieces) against a small
+// Fuzzes the ELF64 parser, the PVH note walk and both loaders (whole file and streamed in pieces) against a small
 // guest: anything accepted must be consistent, anything else must be a one-line pier::Error.
 #include <elf.h>
 
@@ -82,6 +82,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       }
     }
     if (image.entry < image.lowest_paddr || image.entry >= image.highest_end) std::abort();
+    // The PVH note walk over the PT_NOTE segments (make_plausible makes some of them notes).
+    if (const auto pvh = find_pvh_entry(file); pvh && *pvh > UINT32_MAX) std::abort();
     load_elf(memory(), file, image);
   } catch (const pier::Error& e) {
     check_error(e);

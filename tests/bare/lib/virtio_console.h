@@ -10,7 +10,7 @@
 #include "virtio.h"
 
 #ifndef VCON_MAX_PORTS  // a guest may build the driver for more ports
-#define VCON_MAX_PORTS 8
+#define VCON_MAX_PORTS 9  // port 0 (console) + 8 named ports
 #endif
 #define VCON_BUF 4096        // control buffers
 #define VCON_DATA_BUF 65536  // port rx and tx buffers

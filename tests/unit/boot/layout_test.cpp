@@ -24,6 +24,7 @@ TEST(Layout, FixedBootRangesDoNotOverlap) {
   std::vector<Range> ranges = {
       {"gdt", kBootGdt, kBootGdt + kBootGdtEntries * 8},
       {"idt", kBootIdt, kBootIdt + kBootIdtSize},
+      {"pvh start info", kPvhStartInfo, kPvhStartInfo + kPvhStartInfoSize},
       {"zero page", kZeroPage, kZeroPage + kZeroPageSize},
       {"page tables", kPml4, kPageTablesEnd},
       {"cmdline", kCmdline, kCmdline + kCmdlineMax},
