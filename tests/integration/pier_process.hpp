@@ -44,6 +44,11 @@ bool has_line_starting(const std::string& out, const std::string& prefix);
 // The rest of the first line starting with prefix ("" if none).
 std::string line_after(const std::string& out, const std::string& prefix);
 
+// Connects to a unix stream socket, retrying until pier has created it and listens or `timeout`
+// passes. Returns the fd (the caller closes it) or -1.
+int connect_unix(const std::string& path,
+                 std::chrono::milliseconds timeout = std::chrono::milliseconds(20000));
+
 }  // namespace pier::test
 
 // Skips the current test when KVM is not usable here.
