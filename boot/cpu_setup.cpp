@@ -79,17 +79,25 @@ void write_identity_page_tables(const GuestMemory& memory) {
   }
 }
 
-void set_long_mode_sregs(kvm_sregs& sregs) {
-  const kvm_segment code = segment_from_gdt_entry(kBootGdt[2], kBootCodeSelector);
-  const kvm_segment data = segment_from_gdt_entry(kBootGdt[3], kBootDataSelector);
-  const kvm_segment tss = segment_from_gdt_entry(kBootGdt[4], kBootTssSelector);
+namespace {
+
+// The boot GDT, IDT, flat data segments and TSS, with `code_index` (a kBootGdt entry) in CS:
+// what both entry states (64-bit Linux boot protocol, 32-bit PVH) share.
+void set_boot_descriptor_tables(kvm_sregs& sregs, size_t code_index, uint16_t code_selector) {
   sregs.gdt.base = layout::kBootGdt;
   sregs.gdt.limit = static_cast<uint16_t>(layout::kBootGdtEntries * 8 - 1);
   sregs.idt.base = layout::kBootIdt;
   sregs.idt.limit = static_cast<uint16_t>(layout::kBootIdtSize - 1);
-  sregs.cs = code;
-  sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = data;
-  sregs.tr = tss;
+  sregs.cs = segment_from_gdt_entry(kBootGdt[code_index], code_selector);
+  sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss =
+      segment_from_gdt_entry(kBootGdt[3], kBootDataSelector);
+  sregs.tr = segment_from_gdt_entry(kBootGdt[4], kBootTssSelector);
+}
+
+}  // namespace
+
+void set_long_mode_sregs(kvm_sregs& sregs) {
+  set_boot_descriptor_tables(sregs, 2, kBootCodeSelector);
   sregs.cr0 = kCr0Pe | kCr0Mp | kCr0Et | kCr0Ne | kCr0Wp | kCr0Pg;
   sregs.cr3 = layout::kPml4;
   sregs.cr4 = kCr4Pae;
@@ -107,16 +115,7 @@ kvm_regs boot_regs(uint64_t entry, uint64_t zero_page) {
 }
 
 void set_pvh_sregs(kvm_sregs& sregs) {
-  const kvm_segment code = segment_from_gdt_entry(kBootGdt[1], kBootCode32Selector);
-  const kvm_segment data = segment_from_gdt_entry(kBootGdt[3], kBootDataSelector);
-  const kvm_segment tss = segment_from_gdt_entry(kBootGdt[4], kBootTssSelector);
-  sregs.gdt.base = layout::kBootGdt;
-  sregs.gdt.limit = static_cast<uint16_t>(layout::kBootGdtEntries * 8 - 1);
-  sregs.idt.base = layout::kBootIdt;
-  sregs.idt.limit = static_cast<uint16_t>(layout::kBootIdtSize - 1);
-  sregs.cs = code;
-  sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = data;
-  sregs.tr = tss;
+  set_boot_descriptor_tables(sregs, 1, kBootCode32Selector);
   sregs.cr0 = kCr0Pe | kCr0Et;
   sregs.cr3 = 0;
   sregs.cr4 = 0;
