@@ -35,6 +35,23 @@ def human(n):
     return f"{n} B"
 
 
+
+def round_trips(sock, size, rounds):
+    """Sends `size` bytes and waits for `size` back, `rounds` times; the seconds of each."""
+    lat = []
+    msg, buf = bytes(size), bytearray(size)
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        sock.sendall(msg)
+        got = 0
+        while got < size:
+            n = sock.recv_into(memoryview(buf)[got:])
+            if n == 0:
+                raise BenchError("connection closed early")
+            got += n
+        lat.append(time.perf_counter() - t0)
+    return lat
+
 class BenchError(Exception):
     pass
 
@@ -337,18 +354,7 @@ class LinuxSession:
 
     def pingpong(self, size, rounds):
         self.command("echo", "started")
-        s, lat = self.socks[0], []
-        msg, buf = bytes(size), bytearray(size)
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            s.sendall(msg)
-            got = 0
-            while got < size:
-                n = s.recv_into(memoryview(buf)[got:])
-                if n == 0:
-                    raise BenchError("connection closed early")
-                got += n
-            lat.append(time.perf_counter() - t0)
+        lat = round_trips(self.socks[0], size, rounds)
         self.command("stop", "stopped")
         lat.sort()
         return lat[len(lat) // 2] * 1e6, lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6
@@ -464,21 +470,9 @@ class Bench:
 
     def pingpong(self, system, size, rounds):
         g = self.boot(system, f"ports=1 bytes={size * rounds} verify=0 wait_host=1 echo", 1)
-        lat = []
         try:
             g.wait_ready(self.a.boot_timeout)
-            s = g.socks[0]
-            msg, buf = bytes(size), bytearray(size)
-            for _ in range(rounds):
-                t0 = time.perf_counter()
-                s.sendall(msg)
-                got = 0
-                while got < size:
-                    n = s.recv_into(memoryview(buf)[got:])
-                    if n == 0:
-                        raise BenchError("connection closed early")
-                    got += n
-                lat.append(time.perf_counter() - t0)
+            lat = round_trips(g.socks[0], size, rounds)
             g.finish()
         finally:
             g.kill()
