@@ -33,6 +33,11 @@ std::string kvm_unavailable_reason() {
   return "";
 }
 
+bool kvm_required() {
+  const char* e = std::getenv("PIER_KVM_REQUIRED");
+  return e && std::string(e) == "1";
+}
+
 std::string pier_binary() {
   // PIER_TEST_BINARY runs the same tests against another build (or a stand-in).
   if (const char* e = std::getenv("PIER_TEST_BINARY"); e && *e) return e;

@@ -49,11 +49,17 @@ std::string line_after(const std::string& out, const std::string& prefix);
 int connect_unix(const std::string& path,
                  std::chrono::milliseconds timeout = std::chrono::milliseconds(20000));
 
+// True when PIER_KVM_REQUIRED=1: tools/run-tests promises /dev/kvm (directly or in the nested
+// host of tools/kvm-host), so a test that cannot have it fails instead of skipping.
+bool kvm_required();
+
 }  // namespace pier::test
 
-// Skips the current test when KVM is not usable here.
+// Skips the current test when KVM is not usable here (fails under PIER_KVM_REQUIRED=1).
 #define PIER_REQUIRE_KVM()                                                      \
   do {                                                                          \
     const std::string why_ = ::pier::test::kvm_unavailable_reason();           \
-    if (!why_.empty()) GTEST_SKIP() << "no /dev/kvm: " << why_;                 \
+    if (why_.empty()) break;                                                    \
+    if (::pier::test::kvm_required()) FAIL() << "no /dev/kvm: " << why_;       \
+    GTEST_SKIP() << "no /dev/kvm: " << why_;                                    \
   } while (0)
