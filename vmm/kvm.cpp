@@ -27,7 +27,9 @@ Kvm::Kvm(const std::string& path) {
     if (err == ENOENT) {
       throw Error(
           fmt::format("{} does not exist: this host has no KVM (load kvm_intel or "
-                      "kvm_amd, or enable nested virtualization)",
+                      "kvm_amd, or enable nested virtualization). To try pier anyway, run it "
+                      "in a nested KVM host from pier's source tree: "
+                      "tools/kvm-host -- build/pier run ...",
                       path));
     }
     if (err == EACCES || err == EPERM) {

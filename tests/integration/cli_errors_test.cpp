@@ -139,6 +139,8 @@ TEST_F(CliErrors, KvmDeviceMissingOrNotKvm) {
   auto err = expect_one_line_error(
       {"run", "--kernel", good_kernel(), "--kvm-device", (dir_ / "kvm").string()});
   EXPECT_NE(err.find("KVM"), std::string::npos) << err;
+  // ... and names the way to try pier anyway on such a machine.
+  EXPECT_NE(err.find("tools/kvm-host -- build/pier run"), std::string::npos) << err;
   // A device that is not KVM (the ioctl fails): still one clear line.
   err = expect_one_line_error({"run", "--kernel", good_kernel(), "--kvm-device", "/dev/null"});
   EXPECT_NE(err.find("/dev/null"), std::string::npos) << err;
