@@ -5,6 +5,12 @@ ok() { echo "GUEST-CHECK $1: ok"; }
 bad() { echo "GUEST-CHECK $1: FAILED ($2)"; }
 check() { what=$1; shift; if "$@" >/dev/null 2>&1; then ok "$what"; else bad "$what" "$*"; fi; }
 
+# Facts the host test compares with the machine it asked for.
+echo "GUEST-FACT release=$(uname -r)"
+echo "GUEST-FACT online=$(cat /sys/devices/system/cpu/online)"
+echo "GUEST-FACT memtotal_kib=$(awk '$1 == "MemTotal:" { print $2 }' /proc/meminfo)"
+echo "GUEST-FACT ram_above_4g=$(awk -F'[- :]+' '/System RAM/ { if (length($1) > 8) n = 1 } END { print n + 0 }' /proc/iomem)"
+
 # virtio-rng on virtio-pci: the device, MSI-X, a vector per queue, real data, module reloads.
 rng=$(grep -l 0x1044 /sys/bus/pci/devices/*/device 2>/dev/null | head -n 1)
 rngdev=${rng%/device}

@@ -5,8 +5,7 @@
 //   DebianBoot.DefaultGuestAndTwoCpusWithHighMemory  (default ctest run) two boots side by side:
 //       `pier run -- <checks>` exactly as a user runs the default guest, and
 //       `pier run --cpus 2 --memory 5G -- <checks>`.
-//   DebianBootSlow.GenericKernel  the generic kernel (tools/guest-image --generic ->
-//       build/guest-generic). Slow: skipped unless PIER_SLOW_TESTS=1, see docs/pvm.md.
+//   The other kernels (6.1 generic, 6.12 cloud) and 8 vCPUs: debian_console_test.cpp.
 //
 // Both need the guest next to the pier binary (<pier dir>/guest, built by tools/setup) and
 // /dev/kvm, and are skipped with the reason otherwise.
@@ -24,9 +23,13 @@ namespace {
 
 constexpr std::chrono::milliseconds kBootTimeout{25 * 60 * 1000};
 
-bool pvm_host() { return fs::exists("/sys/module/kvm_pvm"); }
+bool pvm_host() {
+  return fs::exists("/sys/module/kvm_pvm");
+}
 
-fs::path guest_dir(const std::string& name) { return fs::path(pier_binary()).parent_path() / name; }
+fs::path guest_dir(const std::string& name) {
+  return fs::path(pier_binary()).parent_path() / name;
+}
 
 // The guest's part: one line per fact, "T <name>=<value>", read back by value_of(). Busybox ash
 // builtins only: every fork/exec costs emulated kernel time on kvm_pvm. Linux passes the words
@@ -149,22 +152,4 @@ TEST(DebianBoot, DefaultGuestAndTwoCpusWithHighMemory) {
     EXPECT_GT(std::atol(mem.c_str()), 4L << 20) << "MemTotal " << mem << " kB";
     std::cout << "[ figures  ] --cpus 2 --memory 5G: " << figures(big) << "\n";
   }
-}
-
-TEST(DebianBootSlow, GenericKernel) {
-  PIER_REQUIRE_KVM();
-  const char* slow = std::getenv("PIER_SLOW_TESTS");
-  if (!slow || std::string(slow) != "1") {
-    GTEST_SKIP() << "slow full boot: set PIER_SLOW_TESTS=1 (docs/pvm.md)";
-  }
-  const fs::path dir = guest_dir("guest-generic");
-  require_guest(dir, "tools/guest-image --generic");
-  if (testing::Test::IsSkipped()) return;
-  const PierResult r = run_pier(boot({"--kernel", (dir / "vmlinuz").string(), "--initrd",
-                                      (dir / "initramfs.cpio").string()}));
-  expect_booted(r);
-  EXPECT_EQ(value_of(r.out, "online"), "0");
-  EXPECT_NE(value_of(r.out, "release").find("amd64"), std::string::npos) << r.out;
-  EXPECT_EQ(value_of(r.out, "release").find("cloud"), std::string::npos) << r.out;
-  std::cout << "[ figures  ] generic: " << figures(r) << "\n";
 }

@@ -22,7 +22,9 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-void set_nonblock(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
+void set_nonblock(int fd) {
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+}
 
 }  // namespace
 
@@ -44,7 +46,9 @@ std::string pier_binary() {
   return PIER_BINARY;
 }
 
-std::string bare_guest(const std::string& name) { return std::string(PIER_BARE_DIR) + "/" + name + ".elf"; }
+std::string bare_guest(const std::string& name) {
+  return std::string(PIER_BARE_DIR) + "/" + name + ".elf";
+}
 
 std::string PierResult::describe() const {
   std::ostringstream s;
@@ -99,13 +103,15 @@ PierResult run_pier(const PierRun& run) {
   int status = 0;
   bool reaped = false;
   while (out_open || err_open) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) {
       r.timed_out = true;
       kill(pid, SIGKILL);
       break;
     }
-    pollfd fds[3] = {{out_open ? out[0] : -1, POLLIN, 0}, {err_open ? err[0] : -1, POLLIN, 0},
+    pollfd fds[3] = {{out_open ? out[0] : -1, POLLIN, 0},
+                     {err_open ? err[0] : -1, POLLIN, 0},
                      {!pending.empty() ? stdin_fd : -1, POLLOUT, 0}};
     int n = poll(fds, 3, static_cast<int>(std::min<int64_t>(left.count(), 100)));
     if (n < 0 && errno != EINTR) break;
@@ -126,8 +132,10 @@ PierResult run_pier(const PierRun& run) {
     }
     if (!pending.empty() && (fds[2].revents & POLLOUT)) {
       ssize_t k = write(stdin_fd, pending.data(), pending.size());
-      if (k > 0) pending.erase(0, static_cast<size_t>(k));
-      else if (k < 0 && errno != EAGAIN) pending.clear();
+      if (k > 0)
+        pending.erase(0, static_cast<size_t>(k));
+      else if (k < 0 && errno != EAGAIN)
+        pending.clear();
     }
     // pier may leave a child holding the pipes open; stop once pier itself is gone.
     if (!reaped && waitpid(pid, &status, WNOHANG) == pid) {
@@ -155,8 +163,10 @@ PierResult run_pier(const PierRun& run) {
   close(stdin_fd);
   close(out[0]);
   close(err[0]);
-  if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
-  else if (WIFSIGNALED(status)) r.term_signal = WTERMSIG(status);
+  if (WIFEXITED(status))
+    r.exit_code = WEXITSTATUS(status);
+  else if (WIFSIGNALED(status))
+    r.term_signal = WTERMSIG(status);
   return r;
 }
 
@@ -185,7 +195,9 @@ std::string line_after(const std::string& out, const std::string& prefix) {
   while (pos <= out.size()) {
     if (out.compare(pos, prefix.size(), prefix) == 0) {
       size_t end = out.find('\n', pos);
-      std::string line = out.substr(pos + prefix.size(), end == std::string::npos ? std::string::npos : end - pos - prefix.size());
+      std::string line =
+          out.substr(pos + prefix.size(),
+                     end == std::string::npos ? std::string::npos : end - pos - prefix.size());
       while (!line.empty() && (line.back() == '\r' || line.back() == '\n')) line.pop_back();
       return line;
     }
@@ -200,14 +212,18 @@ std::string line_after(const std::string& out, const std::string& prefix) {
   const std::string pass = "PIER-TEST PASS " + name;
   if (r.timed_out) return ::testing::AssertionFailure() << "pier timed out\n" << r.describe();
   if (has_line_starting(r.out, "PIER-TEST FAIL"))
-    return ::testing::AssertionFailure() << "guest reported: " << line_after(r.out, "PIER-TEST FAIL") << "\n"
-                                         << r.describe();
+    return ::testing::AssertionFailure()
+           << "guest reported: " << line_after(r.out, "PIER-TEST FAIL") << "\n"
+           << r.describe();
   if (!has_line_starting(r.out, pass))
     return ::testing::AssertionFailure() << "no \"" << pass << "\" line\n" << r.describe();
-  if (r.exit_code != 0) return ::testing::AssertionFailure() << "pier exit code " << r.exit_code << "\n" << r.describe();
-  if (has_line_starting(r.out, "PIER-TEST NOTE"))
-    return ::testing::AssertionFailure() << "guest noted: " << line_after(r.out, "PIER-TEST NOTE") << "\n"
+  if (r.exit_code != 0)
+    return ::testing::AssertionFailure() << "pier exit code " << r.exit_code << "\n"
                                          << r.describe();
+  if (has_line_starting(r.out, "PIER-TEST NOTE"))
+    return ::testing::AssertionFailure()
+           << "guest noted: " << line_after(r.out, "PIER-TEST NOTE") << "\n"
+           << r.describe();
   return ::testing::AssertionSuccess();
 }
 

@@ -19,12 +19,12 @@ struct PierRun {
 };
 
 struct PierResult {
-  int exit_code = -1;      // exit status; -1 if killed by a signal (see term_signal)
+  int exit_code = -1;  // exit status; -1 if killed by a signal (see term_signal)
   int term_signal = 0;
   bool timed_out = false;  // killed by us after PierRun::timeout
   std::string out, err;
-  double first_output_s = -1;  // exec -> first byte on stdout (-1: none)
-  double total_s = 0;          // exec -> exit
+  double first_output_s = -1;    // exec -> first byte on stdout (-1: none)
+  double total_s = 0;            // exec -> exit
   std::string describe() const;  // status, times, stdout and stderr, for failure messages
 };
 
@@ -56,10 +56,10 @@ bool kvm_required();
 }  // namespace pier::test
 
 // Skips the current test when KVM is not usable here (fails under PIER_KVM_REQUIRED=1).
-#define PIER_REQUIRE_KVM()                                                      \
-  do {                                                                          \
-    const std::string why_ = ::pier::test::kvm_unavailable_reason();           \
-    if (why_.empty()) break;                                                    \
-    if (::pier::test::kvm_required()) FAIL() << "no /dev/kvm: " << why_;       \
-    GTEST_SKIP() << "no /dev/kvm: " << why_;                                    \
+#define PIER_REQUIRE_KVM()                                               \
+  do {                                                                   \
+    const std::string why_ = ::pier::test::kvm_unavailable_reason();     \
+    if (why_.empty()) break;                                             \
+    if (::pier::test::kvm_required()) FAIL() << "no /dev/kvm: " << why_; \
+    GTEST_SKIP() << "no /dev/kvm: " << why_;                             \
   } while (0)
