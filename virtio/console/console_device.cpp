@@ -18,8 +18,8 @@ constexpr size_t kMaxIov = 64;
 
 void check_queue_size(uint16_t size, const char* what) {
   if (size < 2 || !std::has_single_bit(size)) {
-    throw Error(fmt::format("virtio-console: {} {} is not a power of two between 2 and 32768",
-                            what, size));
+    throw Error(
+        fmt::format("virtio-console: {} {} is not a power of two between 2 and 32768", what, size));
   }
 }
 
@@ -89,9 +89,9 @@ class ConsoleDevice::PortListener final : public chardev::PortBackend::Listener 
   PortListener(ConsoleDevice& device, uint32_t id, uint64_t serial)
       : device_(device), id_(id), serial_(serial) {}
   void on_host_connected(bool connected) override {
-    device_.backend_event({id_, serial_,
-                           connected ? BackendEvent::Kind::kConnected
-                                     : BackendEvent::Kind::kDisconnected});
+    device_.backend_event(
+        {id_, serial_,
+         connected ? BackendEvent::Kind::kConnected : BackendEvent::Kind::kDisconnected});
   }
   void on_readable() override {
     device_.backend_event({id_, serial_, BackendEvent::Kind::kReadable});
@@ -147,9 +147,10 @@ ConsoleDevice::ConsoleDevice(EventLoop& loop, ConsoleOptions options, std::vecto
   check_queue_size(options_.queue_size, "queue size");
   check_queue_size(options_.control_queue_size, "control queue size");
   if (ports.size() > options_.max_ports) {
-    throw Error(fmt::format("virtio-console: {} ports configured but --max-ports is {}: raise "
-                            "--max-ports (up to {})",
-                            ports.size(), options_.max_ports, kMaxPortsLimit));
+    throw Error(
+        fmt::format("virtio-console: {} ports configured but --max-ports is {}: raise "
+                    "--max-ports (up to {})",
+                    ports.size(), options_.max_ports, kMaxPortsLimit));
   }
   slots_.resize(options_.max_ports);
   scratch_iov_.reserve(kMaxIov);
@@ -187,17 +188,19 @@ uint32_t ConsoleDevice::add_port_locked(PortConfig config) {
   if (config.id) {
     id = *config.id;
     if (id >= options_.max_ports) {
-      throw Error(fmt::format("virtio-console: port id {} is out of range: --max-ports is {} "
-                              "(ids 0..{})",
-                              id, options_.max_ports, options_.max_ports - 1));
+      throw Error(
+          fmt::format("virtio-console: port id {} is out of range: --max-ports is {} "
+                      "(ids 0..{})",
+                      id, options_.max_ports, options_.max_ports - 1));
     }
     if (slots_[id].port) throw Error(fmt::format("virtio-console: port id {} is in use", id));
   } else {
     while (id < options_.max_ports && slots_[id].port) ++id;
     if (id == options_.max_ports) {
-      throw Error(fmt::format("virtio-console: all {} port ids are in use: raise --max-ports "
-                              "(up to {})",
-                              options_.max_ports, kMaxPortsLimit));
+      throw Error(
+          fmt::format("virtio-console: all {} port ids are in use: raise --max-ports "
+                      "(up to {})",
+                      options_.max_ports, kMaxPortsLimit));
     }
   }
 
@@ -281,9 +284,10 @@ void ConsoleDevice::teardown_port(Port& p) {
   if (lost > 0) {
     p.bytes_discarded += lost;
     if (discard_logged_.first()) {
-      log::warn("virtio-console: port {} removed with {} bytes from the guest not yet written "
-                "to {}; they are discarded",
-                p.id, lost, p.backend_description);
+      log::warn(
+          "virtio-console: port {} removed with {} bytes from the guest not yet written "
+          "to {}; they are discarded",
+          p.id, lost, p.backend_description);
     }
   }
   p.ring.clear();
@@ -419,9 +423,10 @@ void ConsoleDevice::drop_guest_state(Port& p) {
     // The driver went away (reset) with bytes of a write() still held: its buffers are gone.
     p.bytes_discarded += p.tx_held_bytes;
     if (discard_logged_.first()) {
-      log::warn("virtio-console: device reset with {} bytes of port {} not yet written; "
-                "discarded",
-                p.tx_held_bytes, p.id);
+      log::warn(
+          "virtio-console: device reset with {} bytes of port {} not yet written; "
+          "discarded",
+          p.tx_held_bytes, p.id);
     }
   }
   p.tx_held.clear();
@@ -525,10 +530,18 @@ void ConsoleDevice::handle_backend_event(const BackendEvent& event) {
   Port* p = port(event.id);
   if (p == nullptr || p->serial != event.serial) return;  // a removed port's late event
   switch (event.kind) {
-    case BackendEvent::Kind::kConnected: host_changed(*p, true); break;
-    case BackendEvent::Kind::kDisconnected: host_changed(*p, false); break;
-    case BackendEvent::Kind::kReadable: pump_rx(*p); break;
-    case BackendEvent::Kind::kWritable: flush_out(*p); break;
+    case BackendEvent::Kind::kConnected:
+      host_changed(*p, true);
+      break;
+    case BackendEvent::Kind::kDisconnected:
+      host_changed(*p, false);
+      break;
+    case BackendEvent::Kind::kReadable:
+      pump_rx(*p);
+      break;
+    case BackendEvent::Kind::kWritable:
+      flush_out(*p);
+      break;
   }
 }
 
@@ -541,7 +554,7 @@ void ConsoleDevice::host_changed(Port& p, bool connected) {
   p.backend_description = p.backend->describe();
   log::debug("virtio-console: port {}: host {}", p.id, connected ? "connected" : "disconnected");
   p.in_known = p.out_known = false;  // a new peer starts with the backend's default interest
-  flush_out(p);  // ring replay, then held chains, in order
+  flush_out(p);                      // ring replay, then held chains, in order
   pump_rx(p);
   sync_host_open(p);
   deliver_control();
@@ -570,9 +583,10 @@ void ConsoleDevice::pump_rx(Port& p) {
       if (!chain) break;
       if (chain->writable_length() == 0) {
         if (empty_rx_logged_.first()) {
-          log::warn("virtio-console: port {}: receive buffer with no writable bytes; returned "
-                    "empty",
-                    p.id);
+          log::warn(
+              "virtio-console: port {}: receive buffer with no writable bytes; returned "
+              "empty",
+              p.id);
         }
         pushed |= q->push(std::move(*chain), 0);
         continue;
@@ -661,9 +675,10 @@ void ConsoleDevice::ring_push(Port& p, std::span<const uint8_t> bytes) {
 
 void ConsoleDevice::log_ring_drop(const Port& p) {
   if (ring_drop_logged_.first()) {
-    log::warn("virtio-console: port {}: console output ring ({} bytes) full with nobody reading "
-              "{}; dropping the oldest output (counted in the port's console_bytes_dropped)",
-              p.id, p.ring.capacity(), p.backend_description);
+    log::warn(
+        "virtio-console: port {}: console output ring ({} bytes) full with nobody reading "
+        "{}; dropping the oldest output (counted in the port's console_bytes_dropped)",
+        p.id, p.ring.capacity(), p.backend_description);
   }
 }
 
@@ -697,9 +712,10 @@ void ConsoleDevice::orphan_tx(Queue& q) {
   while (auto chain = q.pop()) {
     stats_.orphan_tx_bytes += chain->readable_length();
     if (orphan_tx_logged_.first()) {
-      log::warn("virtio-console: transmit on queue {}, which has no port the guest knows; "
-                "discarded",
-                q.index());
+      log::warn(
+          "virtio-console: transmit on queue {}, which has no port the guest knows; "
+          "discarded",
+          q.index());
     }
     pushed |= q.push(std::move(*chain), 0);
   }
@@ -809,9 +825,10 @@ void ConsoleDevice::handle_driver_message(std::span<const uint8_t> bytes) {
   if (r.error != ControlError::kOk) {
     ++stats_.control_ignored;
     if (parse_logged_[static_cast<size_t>(r.error)].first()) {
-      log::warn("virtio-console: ignoring control message (id {}, event {}, value {}, {} "
-                "bytes): {}",
-                r.header.id, r.header.event, r.header.value, bytes.size(), to_string(r.error));
+      log::warn(
+          "virtio-console: ignoring control message (id {}, event {}, value {}, {} "
+          "bytes): {}",
+          r.header.id, r.header.event, r.header.value, bytes.size(), to_string(r.error));
     }
     return;
   }
@@ -844,8 +861,8 @@ void ConsoleDevice::handle_driver_message(std::span<const uint8_t> bytes) {
     // Also a legitimate race: the guest closing a port the host just removed.
     ++stats_.control_ignored;
     if (unknown_port_logged_.first()) {
-      log::warn("virtio-console: {} for port {}, which does not exist; ignored",
-                to_string(m.event), m.id);
+      log::warn("virtio-console: {} for port {}, which does not exist; ignored", to_string(m.event),
+                m.id);
     }
     return;
   }
@@ -866,13 +883,14 @@ void ConsoleDevice::handle_driver_message(std::span<const uint8_t> bytes) {
     // answers the old port (or is forged). Taking it would hand the queues to the new port
     // while the guest may still write to them as the old one - as a spinning hvc console.
     for (const auto& pending : control_pending_) {
-      if (pending.id == m.id && (pending.event == ControlEvent::kPortAdd ||
-                                 pending.event == ControlEvent::kPortRemove)) {
+      if (pending.id == m.id &&
+          (pending.event == ControlEvent::kPortAdd || pending.event == ControlEvent::kPortRemove)) {
         ++stats_.control_ignored;
         if (early_ready_logged_.first()) {
-          log::warn("virtio-console: PORT_READY for port {} before its PORT_ADD reached the "
-                    "guest; ignored",
-                    m.id);
+          log::warn(
+              "virtio-console: PORT_READY for port {} before its PORT_ADD reached the "
+              "guest; ignored",
+              m.id);
         }
         return;
       }
@@ -884,9 +902,10 @@ void ConsoleDevice::handle_driver_message(std::span<const uint8_t> bytes) {
       // host replaced the port meanwhile, possibly a console by a generic port). Make it drop
       // that one and take the new one; until it answers, this port's tx is completed as
       // orphaned, so an old hvc never waits on the new port.
-      log::debug("virtio-console: port {}: the restored driver has an earlier port with this "
-                 "id; PORT_REMOVE and PORT_ADD",
-                 m.id);
+      log::debug(
+          "virtio-console: port {}: the restored driver has an earlier port with this "
+          "id; PORT_REMOVE and PORT_ADD",
+          m.id);
       queue_control(message(m.id, ControlEvent::kPortRemove, 1, slot.guest_serial));
       queue_port_add(*p);
       deliver_control();
@@ -957,7 +976,8 @@ void ConsoleDevice::sync_host_open(Port& p) {
       return;
     }
   }
-  queue_control(message(p.id, ControlEvent::kPortOpen, static_cast<uint16_t>(p.host_connected ? 1 : 0), p.serial));
+  queue_control(message(p.id, ControlEvent::kPortOpen,
+                        static_cast<uint16_t>(p.host_connected ? 1 : 0), p.serial));
   p.announced_host = p.host_connected;
 }
 
@@ -1012,9 +1032,10 @@ void ConsoleDevice::deliver_control() {
       // livelock with a driver that only posts such buffers), so the device keeps it until the
       // next reset. Bounded by the queue size.
       if (short_control_buffer_logged_.first()) {
-        log::warn("virtio-console: control receive buffer of {} bytes cannot hold a message "
-                  "header; kept unused",
-                  room);
+        log::warn(
+            "virtio-console: control receive buffer of {} bytes cannot hold a message "
+            "header; kept unused",
+            room);
       }
       control_rx_unusable_.push_back(std::move(*chain));
       continue;
@@ -1023,13 +1044,14 @@ void ConsoleDevice::deliver_control() {
     // One message per buffer: Linux parses only the header at the start of each buffer.
     std::array<uint8_t, kControlHeaderSize + kMaxPortNameLength> bytes;
     const size_t want = encoded_size(m);
-    const size_t n = encode(m, options_.resize_layout,
-                            std::span(bytes.data(), std::min(bytes.size(), room)));
+    const size_t n =
+        encode(m, options_.resize_layout, std::span(bytes.data(), std::min(bytes.size(), room)));
     if (n < want && name_cut_logged_.first()) {
       // Linux posts 4 KiB buffers, which hold any message; a smaller one gets what fits.
-      log::warn("virtio-console: {} for port {} ({} bytes) does not fit the guest's {}-byte "
-                "control buffer; sent cut to {} bytes",
-                to_string(m.event), m.id, want, room, n);
+      log::warn(
+          "virtio-console: {} for port {} ({} bytes) does not fit the guest's {}-byte "
+          "control buffer; sent cut to {} bytes",
+          to_string(m.event), m.id, want, room, n);
     }
     chain->copy_to(0, std::span(bytes.data(), n));
     pushed |= q->push(std::move(*chain), static_cast<uint32_t>(n));
@@ -1047,9 +1069,10 @@ void ConsoleDevice::resize(uint32_t id, uint16_t cols, uint16_t rows) {
   Port* p = port(id);
   if (p == nullptr) throw Error(fmt::format("virtio-console: there is no port {}", id));
   if (!p->console) {
-    throw Error(fmt::format("virtio-console: port {} is not a console port; only consoles have "
-                            "a size",
-                            id));
+    throw Error(
+        fmt::format("virtio-console: port {} is not a console port; only consoles have "
+                    "a size",
+                    id));
   }
   p->cols = cols;
   p->rows = rows;

@@ -123,7 +123,9 @@ class FakePortBackend final : public chardev::PortBackend {
 #pragma clang diagnostic push
 #pragma clang diagnostic ignored "-Winconsistent-missing-override"
 #endif
-  std::string address() const { return description_; }
+  std::string address() const {
+    return description_;
+  }
 #if defined(__clang__)
 #pragma clang diagnostic pop
 #endif
