@@ -64,6 +64,8 @@ struct ConsoleDevice::Port {
   // Backend interest as last requested; a false *_known forces the next request through
   // (at start, and after a connect event, when the backend may have reset its own).
   bool want_in = false, want_out = false, in_known = false, out_known = false;
+  // What each direction waits for since the device's last pass over it (stats; see FlowWait).
+  FlowWait rx_wait = FlowWait::kNoDriver, tx_wait = FlowWait::kNoDriver;
   uint16_t cols = 0, rows = 0;
 
   Fifo<HeldTx> tx_held;
@@ -263,6 +265,26 @@ std::string_view to_string(PortEvent::Kind kind) {
   return "?";
 }
 
+std::string_view to_string(FlowWait wait) {
+  switch (wait) {
+    case FlowWait::kMoving:
+      return "moving";
+    case FlowWait::kBackendNotReadable:
+      return "backend_not_readable";
+    case FlowWait::kNoGuestBuffers:
+      return "no_guest_buffers";
+    case FlowWait::kBackendNotWritable:
+      return "backend_not_writable";
+    case FlowWait::kGuestClosed:
+      return "guest_closed";
+    case FlowWait::kHostDisconnected:
+      return "host_disconnected";
+    case FlowWait::kNoDriver:
+      return "no_driver";
+  }
+  return "?";
+}
+
 void ConsoleDevice::set_observer(PortEventObserver observer) {
   std::lock_guard lock(mutex_);
   observer_ = std::move(observer);
@@ -419,6 +441,8 @@ void ConsoleDevice::reset() {
 void ConsoleDevice::drop_guest_state(Port& p) {
   set_guest_connected(p, false);
   p.add_sent = p.ready = p.announced_host = false;
+  // Both directions restart from the driver's kicks after its next DRIVER_OK.
+  p.rx_wait = p.tx_wait = FlowWait::kNoDriver;
   if (p.tx_held_bytes > 0) {
     // The driver went away (reset) with bytes of a write() still held: its buffers are gone.
     p.bytes_discarded += p.tx_held_bytes;
@@ -563,12 +587,19 @@ void ConsoleDevice::host_changed(Port& p, bool connected) {
 // ---------------------------------------------------------------------------------------------
 // Host -> guest.
 
+// Every return below stops this direction and records (rx_wait) the one event that calls
+// pump_rx again: no stop relies on a timer or on another direction's traffic.
 void ConsoleDevice::pump_rx(Port& p) {
   Slot& slot = slots_[p.id];
   Queue* q = active_ ? ready_queue(rx_queue(p.id)) : nullptr;
   // Linux discards data for a port the guest has not opened (console ports count as open once
-  // the hvc is up), so nothing is read from the backend until then.
+  // the hvc is up), so nothing is read from the backend until then. Restarted by the missing
+  // piece: the driver's kick on this queue after DRIVER_OK (queue_notify), the guest's
+  // PORT_OPEN(1) (handle_driver_message), the peer's on_host_connected(true) (host_changed).
   if (q == nullptr || !p.guest_connected || !p.host_connected) {
+    p.rx_wait = q == nullptr         ? FlowWait::kNoDriver
+                : !p.guest_connected ? FlowWait::kGuestClosed
+                                     : FlowWait::kHostDisconnected;
     set_want_input(p, false);
     return;
   }
@@ -596,7 +627,11 @@ void ConsoleDevice::pump_rx(Port& p) {
     if (slot.rx_held.empty()) {
       // Out of buffers: ask for a kick, re-checking the ring for buffers that came meanwhile.
       if (!q->notification_enabled() && q->enable_notification()) continue;
-      set_want_input(p, false);  // no guest buffers: backpressure on the host writer
+      // Stop popping and reading: no guest buffers, backpressure on the host writer.
+      // Notifications are on and armed at the ring's end (the empty pop or enable_notification
+      // re-checked the ring after arming), so the driver's next buffer kicks: queue_notify.
+      p.rx_wait = FlowWait::kNoGuestBuffers;
+      set_want_input(p, false);
       break;
     }
     scratch_iov_.clear();
@@ -610,7 +645,12 @@ void ConsoleDevice::pump_rx(Port& p) {
     }
     const ssize_t n = p.backend->readv(scratch_iov_);
     if (n <= 0) {
-      // 0: nothing now, tell us when there is; -1: the peer left (its event follows).
+      // 0: the backend has nothing now. Stop with buffers held and rx notifications off:
+      //    on_readable (want_input(true), level-triggered) restarts it and tops the buffers up
+      //    from the ring then, so the driver need not kick.
+      // -1: the peer left; its on_host_connected(false) follows, and the next peer's
+      //    on_host_connected(true) restarts it (host_changed).
+      p.rx_wait = n == 0 ? FlowWait::kBackendNotReadable : FlowWait::kHostDisconnected;
       set_want_input(p, n == 0);
       break;
     }
@@ -624,7 +664,9 @@ void ConsoleDevice::pump_rx(Port& p) {
       left -= take;
     }
     if (static_cast<size_t>(n) < room) {
-      set_want_input(p, true);  // drained the backend for now
+      // Drained the backend for now: as for readv() == 0, on_readable restarts it.
+      p.rx_wait = FlowWait::kBackendNotReadable;
+      set_want_input(p, true);
       break;
     }
   }
@@ -666,7 +708,14 @@ void ConsoleDevice::console_tx(Port& p, Queue& q) {
     pushed |= q.push(std::move(*chain), 0);
   }
   if (pushed) signal(q);
-  if (!p.ring.empty()) set_want_output(p, p.host_connected);
+  // Console tx never holds the guest; output the backend did not take waits in the ring for
+  // on_writable (or for the next peer's on_host_connected(true)), which call flush_out.
+  if (!p.ring.empty()) {
+    p.tx_wait = p.host_connected ? FlowWait::kBackendNotWritable : FlowWait::kHostDisconnected;
+    set_want_output(p, p.host_connected);
+  } else {
+    p.tx_wait = FlowWait::kMoving;
+  }
 }
 
 void ConsoleDevice::ring_push(Port& p, std::span<const uint8_t> bytes) {
@@ -722,9 +771,13 @@ void ConsoleDevice::orphan_tx(Queue& q) {
   if (pushed) signal(q);
 }
 
+// Every return below records (tx_wait) the one event that calls flush_out again.
 void ConsoleDevice::flush_out(Port& p) {
   if (!p.host_connected) {
-    set_want_output(p, false);  // kept for the next peer
+    // Kept for the next peer: its on_host_connected(true) restarts this (host_changed), and
+    // takes the chains the driver added meanwhile if notifications were off.
+    p.tx_wait = FlowWait::kHostDisconnected;
+    set_want_output(p, false);
     return;
   }
   bool blocked = false;
@@ -734,7 +787,9 @@ void ConsoleDevice::flush_out(Port& p) {
     const size_t k = p.ring.peek(iov);
     const ssize_t n = p.backend->writev(std::span(iov.data(), k));
     if (n < 0) {
-      set_want_output(p, false);  // the peer left; its disconnect event follows
+      // The peer left; its disconnect event follows and the next connect restarts this.
+      p.tx_wait = FlowWait::kHostDisconnected;
+      set_want_output(p, false);
       return;
     }
     if (n == 0) {
@@ -749,6 +804,7 @@ void ConsoleDevice::flush_out(Port& p) {
   // added meanwhile are taken here, on the backend's wakeup.
   if (q != nullptr && !q->notification_enabled()) take_tx(p, *q);
   bool pushed = false;
+  bool gone = false;
   while (!blocked && q != nullptr && !p.tx_held.empty()) {
     // Gather the held chains (from their offsets) into one writev.
     scratch_iov_.clear();
@@ -768,7 +824,10 @@ void ConsoleDevice::flush_out(Port& p) {
       }
     }
     const ssize_t n = p.backend->writev(scratch_iov_);
-    if (n < 0) break;  // the peer left: the chains wait for the next one
+    if (n < 0) {
+      gone = true;  // the peer left: the chains wait for the next one
+      break;
+    }
     size_t left = static_cast<size_t>(n);
     p.bytes_to_host += left;
     p.tx_held_bytes -= left;
@@ -787,11 +846,18 @@ void ConsoleDevice::flush_out(Port& p) {
     if (static_cast<size_t>(n) < offered) blocked = true;  // full: wait for on_writable
   }
   if (pushed) signal(*q);
+  // Stop points: backend full -> on_writable (want_output(true), level-triggered); peer gone ->
+  // the next peer's on_host_connected(true); no queue -> the driver's kick after DRIVER_OK.
+  p.tx_wait = blocked                              ? FlowWait::kBackendNotWritable
+              : gone                               ? FlowWait::kHostDisconnected
+              : q == nullptr && !p.tx_held.empty() ? FlowWait::kNoDriver
+                                                   : FlowWait::kMoving;
   set_want_output(p, blocked);
   if (q == nullptr) return;
   if (blocked && !p.tx_held.empty()) {
-    // on_writable wakes the device, which then takes what the driver added: no kick is needed
-    // meanwhile (each is an exit; on kvm_pvm it costs the vCPU 0.1-1 ms).
+    // Stop popping the transmit queue: on_writable wakes the device, which then takes what the
+    // driver added (take_tx above): no kick is needed meanwhile (each is an exit; on kvm_pvm
+    // it costs the vCPU 0.1-1 ms). With EVENT_IDX avail_event stays where it was.
     if (q->notification_enabled()) q->disable_notification();
   } else if (!blocked && p.tx_held.empty() && !q->notification_enabled() &&
              q->enable_notification()) {
@@ -1102,6 +1168,8 @@ PortStats ConsoleDevice::make_stats(const Port& p) const {
   s.host_connects = p.host_connects;
   s.tx_chains_held = p.tx_held.size();
   s.rx_buffers_held = slots_[p.id].rx_held.size();
+  s.to_guest_wait = p.rx_wait;
+  s.to_host_wait = p.tx_wait;
   return s;
 }
 

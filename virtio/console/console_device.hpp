@@ -102,6 +102,31 @@ struct ConsoleOptions {
   ResizeLayout resize_layout = ResizeLayout::kRowsCols;
 };
 
+// Why one direction of a port is not moving bytes right now. Each value names the one event
+// that restarts that direction (DESIGN: every place the device stops reading a backend or
+// popping a queue has exactly one wakeup), so a stalled stream reports what it waits for.
+enum class FlowWait : uint8_t {
+  // Guest->host: nothing held; the next guest write kicks the device (notifications on).
+  kMoving,
+  // Host->guest: rx buffers held, the backend has no bytes now: on_readable restarts it.
+  kBackendNotReadable,
+  // Host->guest: no rx buffers; the host writer is throttled. Notifications are armed at the
+  // ring's end: the driver's kick for its next buffer restarts it.
+  kNoGuestBuffers,
+  // Guest->host: bytes held that the backend did not take; the guest writer is throttled. The
+  // backend's on_writable restarts it (and takes the chains the driver added without kicking).
+  kBackendNotWritable,
+  // Host->guest: the guest has not opened the port (Linux drops data for closed ports): its
+  // PORT_OPEN(1) restarts it.
+  kGuestClosed,
+  // Either way: no host peer; on_host_connected(true) restarts it.
+  kHostDisconnected,
+  // Either way: no usable queue (driver not started, reset, queue failed): DRIVER_OK and the
+  // driver's first kick restart it.
+  kNoDriver,
+};
+std::string_view to_string(FlowWait wait);
+
 struct PortStats {
   uint32_t id = 0;
   std::string name;
@@ -119,6 +144,9 @@ struct PortStats {
   uint64_t host_connects = 0;          // host connect events seen
   size_t tx_chains_held = 0;
   size_t rx_buffers_held = 0;  // guest rx buffers popped and waiting for host data
+  // What each direction waits for, as of the device's last pass over it.
+  FlowWait to_guest_wait = FlowWait::kNoDriver;
+  FlowWait to_host_wait = FlowWait::kNoDriver;
 };
 
 struct DeviceStats {
