@@ -18,8 +18,8 @@ constexpr size_t kMaxIov = 64;
 
 void check_queue_size(uint16_t size, const char* what) {
   if (size < 2 || !std::has_single_bit(size)) {
-    throw Error(fmt::format("virtio-console: {} {} is not a power of two between 2 and 32768",
-                            what, size));
+    throw Error(
+        fmt::format("virtio-console: {} {} is not a power of two between 2 and 32768", what, size));
   }
 }
 
@@ -64,6 +64,8 @@ struct ConsoleDevice::Port {
   // Backend interest as last requested; a false *_known forces the next request through
   // (at start, and after a connect event, when the backend may have reset its own).
   bool want_in = false, want_out = false, in_known = false, out_known = false;
+  // What each direction waits for since the device's last pass over it (stats; see FlowWait).
+  FlowWait rx_wait = FlowWait::kNoDriver, tx_wait = FlowWait::kNoDriver;
   uint16_t cols = 0, rows = 0;
 
   Fifo<HeldTx> tx_held;
@@ -89,9 +91,9 @@ class ConsoleDevice::PortListener final : public chardev::PortBackend::Listener 
   PortListener(ConsoleDevice& device, uint32_t id, uint64_t serial)
       : device_(device), id_(id), serial_(serial) {}
   void on_host_connected(bool connected) override {
-    device_.backend_event({id_, serial_,
-                           connected ? BackendEvent::Kind::kConnected
-                                     : BackendEvent::Kind::kDisconnected});
+    device_.backend_event(
+        {id_, serial_,
+         connected ? BackendEvent::Kind::kConnected : BackendEvent::Kind::kDisconnected});
   }
   void on_readable() override {
     device_.backend_event({id_, serial_, BackendEvent::Kind::kReadable});
@@ -147,9 +149,10 @@ ConsoleDevice::ConsoleDevice(EventLoop& loop, ConsoleOptions options, std::vecto
   check_queue_size(options_.queue_size, "queue size");
   check_queue_size(options_.control_queue_size, "control queue size");
   if (ports.size() > options_.max_ports) {
-    throw Error(fmt::format("virtio-console: {} ports configured but --max-ports is {}: raise "
-                            "--max-ports (up to {})",
-                            ports.size(), options_.max_ports, kMaxPortsLimit));
+    throw Error(
+        fmt::format("virtio-console: {} ports configured but --max-ports is {}: raise "
+                    "--max-ports (up to {})",
+                    ports.size(), options_.max_ports, kMaxPortsLimit));
   }
   slots_.resize(options_.max_ports);
   scratch_iov_.reserve(kMaxIov);
@@ -187,17 +190,19 @@ uint32_t ConsoleDevice::add_port_locked(PortConfig config) {
   if (config.id) {
     id = *config.id;
     if (id >= options_.max_ports) {
-      throw Error(fmt::format("virtio-console: port id {} is out of range: --max-ports is {} "
-                              "(ids 0..{})",
-                              id, options_.max_ports, options_.max_ports - 1));
+      throw Error(
+          fmt::format("virtio-console: port id {} is out of range: --max-ports is {} "
+                      "(ids 0..{})",
+                      id, options_.max_ports, options_.max_ports - 1));
     }
     if (slots_[id].port) throw Error(fmt::format("virtio-console: port id {} is in use", id));
   } else {
     while (id < options_.max_ports && slots_[id].port) ++id;
     if (id == options_.max_ports) {
-      throw Error(fmt::format("virtio-console: all {} port ids are in use: raise --max-ports "
-                              "(up to {})",
-                              options_.max_ports, kMaxPortsLimit));
+      throw Error(
+          fmt::format("virtio-console: all {} port ids are in use: raise --max-ports "
+                      "(up to {})",
+                      options_.max_ports, kMaxPortsLimit));
     }
   }
 
@@ -260,6 +265,26 @@ std::string_view to_string(PortEvent::Kind kind) {
   return "?";
 }
 
+std::string_view to_string(FlowWait wait) {
+  switch (wait) {
+    case FlowWait::kMoving:
+      return "moving";
+    case FlowWait::kBackendNotReadable:
+      return "backend_not_readable";
+    case FlowWait::kNoGuestBuffers:
+      return "no_guest_buffers";
+    case FlowWait::kBackendNotWritable:
+      return "backend_not_writable";
+    case FlowWait::kGuestClosed:
+      return "guest_closed";
+    case FlowWait::kHostDisconnected:
+      return "host_disconnected";
+    case FlowWait::kNoDriver:
+      return "no_driver";
+  }
+  return "?";
+}
+
 void ConsoleDevice::set_observer(PortEventObserver observer) {
   std::lock_guard lock(mutex_);
   observer_ = std::move(observer);
@@ -281,9 +306,10 @@ void ConsoleDevice::teardown_port(Port& p) {
   if (lost > 0) {
     p.bytes_discarded += lost;
     if (discard_logged_.first()) {
-      log::warn("virtio-console: port {} removed with {} bytes from the guest not yet written "
-                "to {}; they are discarded",
-                p.id, lost, p.backend_description);
+      log::warn(
+          "virtio-console: port {} removed with {} bytes from the guest not yet written "
+          "to {}; they are discarded",
+          p.id, lost, p.backend_description);
     }
   }
   p.ring.clear();
@@ -415,13 +441,16 @@ void ConsoleDevice::reset() {
 void ConsoleDevice::drop_guest_state(Port& p) {
   set_guest_connected(p, false);
   p.add_sent = p.ready = p.announced_host = false;
+  // Both directions restart from the driver's kicks after its next DRIVER_OK.
+  p.rx_wait = p.tx_wait = FlowWait::kNoDriver;
   if (p.tx_held_bytes > 0) {
     // The driver went away (reset) with bytes of a write() still held: its buffers are gone.
     p.bytes_discarded += p.tx_held_bytes;
     if (discard_logged_.first()) {
-      log::warn("virtio-console: device reset with {} bytes of port {} not yet written; "
-                "discarded",
-                p.tx_held_bytes, p.id);
+      log::warn(
+          "virtio-console: device reset with {} bytes of port {} not yet written; "
+          "discarded",
+          p.tx_held_bytes, p.id);
     }
   }
   p.tx_held.clear();
@@ -525,10 +554,18 @@ void ConsoleDevice::handle_backend_event(const BackendEvent& event) {
   Port* p = port(event.id);
   if (p == nullptr || p->serial != event.serial) return;  // a removed port's late event
   switch (event.kind) {
-    case BackendEvent::Kind::kConnected: host_changed(*p, true); break;
-    case BackendEvent::Kind::kDisconnected: host_changed(*p, false); break;
-    case BackendEvent::Kind::kReadable: pump_rx(*p); break;
-    case BackendEvent::Kind::kWritable: flush_out(*p); break;
+    case BackendEvent::Kind::kConnected:
+      host_changed(*p, true);
+      break;
+    case BackendEvent::Kind::kDisconnected:
+      host_changed(*p, false);
+      break;
+    case BackendEvent::Kind::kReadable:
+      pump_rx(*p);
+      break;
+    case BackendEvent::Kind::kWritable:
+      flush_out(*p);
+      break;
   }
 }
 
@@ -541,7 +578,7 @@ void ConsoleDevice::host_changed(Port& p, bool connected) {
   p.backend_description = p.backend->describe();
   log::debug("virtio-console: port {}: host {}", p.id, connected ? "connected" : "disconnected");
   p.in_known = p.out_known = false;  // a new peer starts with the backend's default interest
-  flush_out(p);  // ring replay, then held chains, in order
+  flush_out(p);                      // ring replay, then held chains, in order
   pump_rx(p);
   sync_host_open(p);
   deliver_control();
@@ -550,12 +587,19 @@ void ConsoleDevice::host_changed(Port& p, bool connected) {
 // ---------------------------------------------------------------------------------------------
 // Host -> guest.
 
+// Every return below stops this direction and records (rx_wait) the one event that calls
+// pump_rx again: no stop relies on a timer or on another direction's traffic.
 void ConsoleDevice::pump_rx(Port& p) {
   Slot& slot = slots_[p.id];
   Queue* q = active_ ? ready_queue(rx_queue(p.id)) : nullptr;
   // Linux discards data for a port the guest has not opened (console ports count as open once
-  // the hvc is up), so nothing is read from the backend until then.
+  // the hvc is up), so nothing is read from the backend until then. Restarted by the missing
+  // piece: the driver's kick on this queue after DRIVER_OK (queue_notify), the guest's
+  // PORT_OPEN(1) (handle_driver_message), the peer's on_host_connected(true) (host_changed).
   if (q == nullptr || !p.guest_connected || !p.host_connected) {
+    p.rx_wait = q == nullptr         ? FlowWait::kNoDriver
+                : !p.guest_connected ? FlowWait::kGuestClosed
+                                     : FlowWait::kHostDisconnected;
     set_want_input(p, false);
     return;
   }
@@ -570,9 +614,10 @@ void ConsoleDevice::pump_rx(Port& p) {
       if (!chain) break;
       if (chain->writable_length() == 0) {
         if (empty_rx_logged_.first()) {
-          log::warn("virtio-console: port {}: receive buffer with no writable bytes; returned "
-                    "empty",
-                    p.id);
+          log::warn(
+              "virtio-console: port {}: receive buffer with no writable bytes; returned "
+              "empty",
+              p.id);
         }
         pushed |= q->push(std::move(*chain), 0);
         continue;
@@ -582,7 +627,11 @@ void ConsoleDevice::pump_rx(Port& p) {
     if (slot.rx_held.empty()) {
       // Out of buffers: ask for a kick, re-checking the ring for buffers that came meanwhile.
       if (!q->notification_enabled() && q->enable_notification()) continue;
-      set_want_input(p, false);  // no guest buffers: backpressure on the host writer
+      // Stop popping and reading: no guest buffers, backpressure on the host writer.
+      // Notifications are on and armed at the ring's end (the empty pop or enable_notification
+      // re-checked the ring after arming), so the driver's next buffer kicks: queue_notify.
+      p.rx_wait = FlowWait::kNoGuestBuffers;
+      set_want_input(p, false);
       break;
     }
     scratch_iov_.clear();
@@ -596,7 +645,12 @@ void ConsoleDevice::pump_rx(Port& p) {
     }
     const ssize_t n = p.backend->readv(scratch_iov_);
     if (n <= 0) {
-      // 0: nothing now, tell us when there is; -1: the peer left (its event follows).
+      // 0: the backend has nothing now. Stop with buffers held and rx notifications off:
+      //    on_readable (want_input(true), level-triggered) restarts it and tops the buffers up
+      //    from the ring then, so the driver need not kick.
+      // -1: the peer left; its on_host_connected(false) follows, and the next peer's
+      //    on_host_connected(true) restarts it (host_changed).
+      p.rx_wait = n == 0 ? FlowWait::kBackendNotReadable : FlowWait::kHostDisconnected;
       set_want_input(p, n == 0);
       break;
     }
@@ -610,7 +664,9 @@ void ConsoleDevice::pump_rx(Port& p) {
       left -= take;
     }
     if (static_cast<size_t>(n) < room) {
-      set_want_input(p, true);  // drained the backend for now
+      // Drained the backend for now: as for readv() == 0, on_readable restarts it.
+      p.rx_wait = FlowWait::kBackendNotReadable;
+      set_want_input(p, true);
       break;
     }
   }
@@ -652,7 +708,14 @@ void ConsoleDevice::console_tx(Port& p, Queue& q) {
     pushed |= q.push(std::move(*chain), 0);
   }
   if (pushed) signal(q);
-  if (!p.ring.empty()) set_want_output(p, p.host_connected);
+  // Console tx never holds the guest; output the backend did not take waits in the ring for
+  // on_writable (or for the next peer's on_host_connected(true)), which call flush_out.
+  if (!p.ring.empty()) {
+    p.tx_wait = p.host_connected ? FlowWait::kBackendNotWritable : FlowWait::kHostDisconnected;
+    set_want_output(p, p.host_connected);
+  } else {
+    p.tx_wait = FlowWait::kMoving;
+  }
 }
 
 void ConsoleDevice::ring_push(Port& p, std::span<const uint8_t> bytes) {
@@ -661,9 +724,10 @@ void ConsoleDevice::ring_push(Port& p, std::span<const uint8_t> bytes) {
 
 void ConsoleDevice::log_ring_drop(const Port& p) {
   if (ring_drop_logged_.first()) {
-    log::warn("virtio-console: port {}: console output ring ({} bytes) full with nobody reading "
-              "{}; dropping the oldest output (counted in the port's console_bytes_dropped)",
-              p.id, p.ring.capacity(), p.backend_description);
+    log::warn(
+        "virtio-console: port {}: console output ring ({} bytes) full with nobody reading "
+        "{}; dropping the oldest output (counted in the port's console_bytes_dropped)",
+        p.id, p.ring.capacity(), p.backend_description);
   }
 }
 
@@ -697,18 +761,23 @@ void ConsoleDevice::orphan_tx(Queue& q) {
   while (auto chain = q.pop()) {
     stats_.orphan_tx_bytes += chain->readable_length();
     if (orphan_tx_logged_.first()) {
-      log::warn("virtio-console: transmit on queue {}, which has no port the guest knows; "
-                "discarded",
-                q.index());
+      log::warn(
+          "virtio-console: transmit on queue {}, which has no port the guest knows; "
+          "discarded",
+          q.index());
     }
     pushed |= q.push(std::move(*chain), 0);
   }
   if (pushed) signal(q);
 }
 
+// Every return below records (tx_wait) the one event that calls flush_out again.
 void ConsoleDevice::flush_out(Port& p) {
   if (!p.host_connected) {
-    set_want_output(p, false);  // kept for the next peer
+    // Kept for the next peer: its on_host_connected(true) restarts this (host_changed), and
+    // takes the chains the driver added meanwhile if notifications were off.
+    p.tx_wait = FlowWait::kHostDisconnected;
+    set_want_output(p, false);
     return;
   }
   bool blocked = false;
@@ -718,7 +787,9 @@ void ConsoleDevice::flush_out(Port& p) {
     const size_t k = p.ring.peek(iov);
     const ssize_t n = p.backend->writev(std::span(iov.data(), k));
     if (n < 0) {
-      set_want_output(p, false);  // the peer left; its disconnect event follows
+      // The peer left; its disconnect event follows and the next connect restarts this.
+      p.tx_wait = FlowWait::kHostDisconnected;
+      set_want_output(p, false);
       return;
     }
     if (n == 0) {
@@ -733,6 +804,7 @@ void ConsoleDevice::flush_out(Port& p) {
   // added meanwhile are taken here, on the backend's wakeup.
   if (q != nullptr && !q->notification_enabled()) take_tx(p, *q);
   bool pushed = false;
+  bool gone = false;
   while (!blocked && q != nullptr && !p.tx_held.empty()) {
     // Gather the held chains (from their offsets) into one writev.
     scratch_iov_.clear();
@@ -752,7 +824,10 @@ void ConsoleDevice::flush_out(Port& p) {
       }
     }
     const ssize_t n = p.backend->writev(scratch_iov_);
-    if (n < 0) break;  // the peer left: the chains wait for the next one
+    if (n < 0) {
+      gone = true;  // the peer left: the chains wait for the next one
+      break;
+    }
     size_t left = static_cast<size_t>(n);
     p.bytes_to_host += left;
     p.tx_held_bytes -= left;
@@ -771,11 +846,18 @@ void ConsoleDevice::flush_out(Port& p) {
     if (static_cast<size_t>(n) < offered) blocked = true;  // full: wait for on_writable
   }
   if (pushed) signal(*q);
+  // Stop points: backend full -> on_writable (want_output(true), level-triggered); peer gone ->
+  // the next peer's on_host_connected(true); no queue -> the driver's kick after DRIVER_OK.
+  p.tx_wait = blocked                              ? FlowWait::kBackendNotWritable
+              : gone                               ? FlowWait::kHostDisconnected
+              : q == nullptr && !p.tx_held.empty() ? FlowWait::kNoDriver
+                                                   : FlowWait::kMoving;
   set_want_output(p, blocked);
   if (q == nullptr) return;
   if (blocked && !p.tx_held.empty()) {
-    // on_writable wakes the device, which then takes what the driver added: no kick is needed
-    // meanwhile (each is an exit; on kvm_pvm it costs the vCPU 0.1-1 ms).
+    // Stop popping the transmit queue: on_writable wakes the device, which then takes what the
+    // driver added (take_tx above): no kick is needed meanwhile (each is an exit; on kvm_pvm
+    // it costs the vCPU 0.1-1 ms). With EVENT_IDX avail_event stays where it was.
     if (q->notification_enabled()) q->disable_notification();
   } else if (!blocked && p.tx_held.empty() && !q->notification_enabled() &&
              q->enable_notification()) {
@@ -809,9 +891,10 @@ void ConsoleDevice::handle_driver_message(std::span<const uint8_t> bytes) {
   if (r.error != ControlError::kOk) {
     ++stats_.control_ignored;
     if (parse_logged_[static_cast<size_t>(r.error)].first()) {
-      log::warn("virtio-console: ignoring control message (id {}, event {}, value {}, {} "
-                "bytes): {}",
-                r.header.id, r.header.event, r.header.value, bytes.size(), to_string(r.error));
+      log::warn(
+          "virtio-console: ignoring control message (id {}, event {}, value {}, {} "
+          "bytes): {}",
+          r.header.id, r.header.event, r.header.value, bytes.size(), to_string(r.error));
     }
     return;
   }
@@ -844,8 +927,8 @@ void ConsoleDevice::handle_driver_message(std::span<const uint8_t> bytes) {
     // Also a legitimate race: the guest closing a port the host just removed.
     ++stats_.control_ignored;
     if (unknown_port_logged_.first()) {
-      log::warn("virtio-console: {} for port {}, which does not exist; ignored",
-                to_string(m.event), m.id);
+      log::warn("virtio-console: {} for port {}, which does not exist; ignored", to_string(m.event),
+                m.id);
     }
     return;
   }
@@ -866,13 +949,14 @@ void ConsoleDevice::handle_driver_message(std::span<const uint8_t> bytes) {
     // answers the old port (or is forged). Taking it would hand the queues to the new port
     // while the guest may still write to them as the old one - as a spinning hvc console.
     for (const auto& pending : control_pending_) {
-      if (pending.id == m.id && (pending.event == ControlEvent::kPortAdd ||
-                                 pending.event == ControlEvent::kPortRemove)) {
+      if (pending.id == m.id &&
+          (pending.event == ControlEvent::kPortAdd || pending.event == ControlEvent::kPortRemove)) {
         ++stats_.control_ignored;
         if (early_ready_logged_.first()) {
-          log::warn("virtio-console: PORT_READY for port {} before its PORT_ADD reached the "
-                    "guest; ignored",
-                    m.id);
+          log::warn(
+              "virtio-console: PORT_READY for port {} before its PORT_ADD reached the "
+              "guest; ignored",
+              m.id);
         }
         return;
       }
@@ -884,9 +968,10 @@ void ConsoleDevice::handle_driver_message(std::span<const uint8_t> bytes) {
       // host replaced the port meanwhile, possibly a console by a generic port). Make it drop
       // that one and take the new one; until it answers, this port's tx is completed as
       // orphaned, so an old hvc never waits on the new port.
-      log::debug("virtio-console: port {}: the restored driver has an earlier port with this "
-                 "id; PORT_REMOVE and PORT_ADD",
-                 m.id);
+      log::debug(
+          "virtio-console: port {}: the restored driver has an earlier port with this "
+          "id; PORT_REMOVE and PORT_ADD",
+          m.id);
       queue_control(message(m.id, ControlEvent::kPortRemove, 1, slot.guest_serial));
       queue_port_add(*p);
       deliver_control();
@@ -957,7 +1042,8 @@ void ConsoleDevice::sync_host_open(Port& p) {
       return;
     }
   }
-  queue_control(message(p.id, ControlEvent::kPortOpen, static_cast<uint16_t>(p.host_connected ? 1 : 0), p.serial));
+  queue_control(message(p.id, ControlEvent::kPortOpen,
+                        static_cast<uint16_t>(p.host_connected ? 1 : 0), p.serial));
   p.announced_host = p.host_connected;
 }
 
@@ -1012,9 +1098,10 @@ void ConsoleDevice::deliver_control() {
       // livelock with a driver that only posts such buffers), so the device keeps it until the
       // next reset. Bounded by the queue size.
       if (short_control_buffer_logged_.first()) {
-        log::warn("virtio-console: control receive buffer of {} bytes cannot hold a message "
-                  "header; kept unused",
-                  room);
+        log::warn(
+            "virtio-console: control receive buffer of {} bytes cannot hold a message "
+            "header; kept unused",
+            room);
       }
       control_rx_unusable_.push_back(std::move(*chain));
       continue;
@@ -1023,13 +1110,14 @@ void ConsoleDevice::deliver_control() {
     // One message per buffer: Linux parses only the header at the start of each buffer.
     std::array<uint8_t, kControlHeaderSize + kMaxPortNameLength> bytes;
     const size_t want = encoded_size(m);
-    const size_t n = encode(m, options_.resize_layout,
-                            std::span(bytes.data(), std::min(bytes.size(), room)));
+    const size_t n =
+        encode(m, options_.resize_layout, std::span(bytes.data(), std::min(bytes.size(), room)));
     if (n < want && name_cut_logged_.first()) {
       // Linux posts 4 KiB buffers, which hold any message; a smaller one gets what fits.
-      log::warn("virtio-console: {} for port {} ({} bytes) does not fit the guest's {}-byte "
-                "control buffer; sent cut to {} bytes",
-                to_string(m.event), m.id, want, room, n);
+      log::warn(
+          "virtio-console: {} for port {} ({} bytes) does not fit the guest's {}-byte "
+          "control buffer; sent cut to {} bytes",
+          to_string(m.event), m.id, want, room, n);
     }
     chain->copy_to(0, std::span(bytes.data(), n));
     pushed |= q->push(std::move(*chain), static_cast<uint32_t>(n));
@@ -1047,9 +1135,10 @@ void ConsoleDevice::resize(uint32_t id, uint16_t cols, uint16_t rows) {
   Port* p = port(id);
   if (p == nullptr) throw Error(fmt::format("virtio-console: there is no port {}", id));
   if (!p->console) {
-    throw Error(fmt::format("virtio-console: port {} is not a console port; only consoles have "
-                            "a size",
-                            id));
+    throw Error(
+        fmt::format("virtio-console: port {} is not a console port; only consoles have "
+                    "a size",
+                    id));
   }
   p->cols = cols;
   p->rows = rows;
@@ -1079,6 +1168,8 @@ PortStats ConsoleDevice::make_stats(const Port& p) const {
   s.host_connects = p.host_connects;
   s.tx_chains_held = p.tx_held.size();
   s.rx_buffers_held = slots_[p.id].rx_held.size();
+  s.to_guest_wait = p.rx_wait;
+  s.to_host_wait = p.tx_wait;
   return s;
 }
 

@@ -102,34 +102,62 @@ struct ConsoleOptions {
   ResizeLayout resize_layout = ResizeLayout::kRowsCols;
 };
 
+// Why one direction of a port is not moving bytes right now. Each value names the one event
+// that restarts that direction (DESIGN: every place the device stops reading a backend or
+// popping a queue has exactly one wakeup), so a stalled stream reports what it waits for.
+enum class FlowWait : uint8_t {
+  // Guest->host: nothing held; the next guest write kicks the device (notifications on).
+  kMoving,
+  // Host->guest: rx buffers held, the backend has no bytes now: on_readable restarts it.
+  kBackendNotReadable,
+  // Host->guest: no rx buffers; the host writer is throttled. Notifications are armed at the
+  // ring's end: the driver's kick for its next buffer restarts it.
+  kNoGuestBuffers,
+  // Guest->host: bytes held that the backend did not take; the guest writer is throttled. The
+  // backend's on_writable restarts it (and takes the chains the driver added without kicking).
+  kBackendNotWritable,
+  // Host->guest: the guest has not opened the port (Linux drops data for closed ports): its
+  // PORT_OPEN(1) restarts it.
+  kGuestClosed,
+  // Either way: no host peer; on_host_connected(true) restarts it.
+  kHostDisconnected,
+  // Either way: no usable queue (driver not started, reset, queue failed): DRIVER_OK and the
+  // driver's first kick restart it.
+  kNoDriver,
+};
+std::string_view to_string(FlowWait wait);
+
 struct PortStats {
   uint32_t id = 0;
   std::string name;
   bool console = false;
-  std::string backend;          // PortBackend::describe()
-  bool host_connected = false;  // a peer is attached on the host side
-  bool guest_ready = false;     // the guest driver has the port (PORT_READY 1)
-  bool guest_connected = false; // the guest has it open (console: hvc up)
-  uint64_t bytes_to_guest = 0;    // host -> guest, placed in guest rx buffers
-  uint64_t bytes_from_guest = 0;  // guest -> host, taken from guest tx buffers
-  uint64_t bytes_to_host = 0;     // guest -> host, accepted by the backend
-  uint64_t bytes_buffered = 0;    // taken from the guest, not yet written (held chains + ring)
+  std::string backend;                 // PortBackend::describe()
+  bool host_connected = false;         // a peer is attached on the host side
+  bool guest_ready = false;            // the guest driver has the port (PORT_READY 1)
+  bool guest_connected = false;        // the guest has it open (console: hvc up)
+  uint64_t bytes_to_guest = 0;         // host -> guest, placed in guest rx buffers
+  uint64_t bytes_from_guest = 0;       // guest -> host, taken from guest tx buffers
+  uint64_t bytes_to_host = 0;          // guest -> host, accepted by the backend
+  uint64_t bytes_buffered = 0;         // taken from the guest, not yet written (held chains + ring)
   uint64_t console_bytes_dropped = 0;  // console ring overflow: oldest bytes dropped
-  uint64_t bytes_discarded = 0;  // taken from the guest but lost: port removed, device reset
-  uint64_t host_connects = 0;    // host connect events seen
+  uint64_t bytes_discarded = 0;        // taken from the guest but lost: port removed, device reset
+  uint64_t host_connects = 0;          // host connect events seen
   size_t tx_chains_held = 0;
-  size_t rx_buffers_held = 0;    // guest rx buffers popped and waiting for host data
+  size_t rx_buffers_held = 0;  // guest rx buffers popped and waiting for host data
+  // What each direction waits for, as of the device's last pass over it.
+  FlowWait to_guest_wait = FlowWait::kNoDriver;
+  FlowWait to_host_wait = FlowWait::kNoDriver;
 };
 
 struct DeviceStats {
-  bool driver_ready = false;        // DEVICE_READY(1) seen since the last reset
-  bool multiport = false;           // negotiated
-  uint64_t control_delivered = 0;   // messages placed in control-rx buffers
-  uint64_t control_received = 0;    // messages read from control-tx
-  uint64_t control_ignored = 0;     // invalid or out-of-place driver messages
-  size_t control_pending = 0;       // waiting for a control-rx buffer
-  uint64_t emergency_bytes = 0;     // emerg_wr writes
-  uint64_t orphan_tx_bytes = 0;     // tx on a queue with no port (discarded)
+  bool driver_ready = false;       // DEVICE_READY(1) seen since the last reset
+  bool multiport = false;          // negotiated
+  uint64_t control_delivered = 0;  // messages placed in control-rx buffers
+  uint64_t control_received = 0;   // messages read from control-tx
+  uint64_t control_ignored = 0;    // invalid or out-of-place driver messages
+  size_t control_pending = 0;      // waiting for a control-rx buffer
+  uint64_t emergency_bytes = 0;    // emerg_wr writes
+  uint64_t orphan_tx_bytes = 0;    // tx on a queue with no port (discarded)
 };
 
 // A change of a port's state, for the runtime API (events to its clients).
@@ -307,8 +335,8 @@ class ConsoleDevice final : public Device {
   std::array<log::OnceFlag, 8> parse_logged_;
   log::OnceFlag unknown_port_logged_, not_ready_logged_, device_ready_fail_logged_,
       device_ready_dup_logged_, port_ready_fail_logged_, early_ready_logged_,
-      short_control_buffer_logged_, name_cut_logged_, empty_rx_logged_, orphan_tx_logged_, ring_drop_logged_,
-      emergency_drop_logged_, discard_logged_;
+      short_control_buffer_logged_, name_cut_logged_, empty_rx_logged_, orphan_tx_logged_,
+      ring_drop_logged_, emergency_drop_logged_, discard_logged_;
 };
 
 }  // namespace pier::virtio::console

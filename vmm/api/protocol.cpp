@@ -133,7 +133,10 @@ json port_json(const virtio::console::PortStats& p) {
           {"bytes_buffered", p.bytes_buffered},
           {"console_bytes_dropped", p.console_bytes_dropped},
           {"bytes_discarded", p.bytes_discarded},
-          {"host_connects", p.host_connects}};
+          {"host_connects", p.host_connects},
+          // What each direction waits for (FlowWait): names the stop of a stalled stream.
+          {"to_guest_wait", std::string(virtio::console::to_string(p.to_guest_wait))},
+          {"to_host_wait", std::string(virtio::console::to_string(p.to_host_wait))}};
 }
 
 json event_json(const virtio::console::PortEvent& event,

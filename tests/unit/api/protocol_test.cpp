@@ -46,18 +46,20 @@ TEST_F(Fixture, PortsListsEveryField) {
   target.find(0)->bytes_to_guest = 12;
   target.find(0)->guest_connected = true;
   target.find(0)->console_bytes_dropped = 3;
+  target.find(0)->to_guest_wait = virtio::console::FlowWait::kNoGuestBuffers;
   const json r = call(R"({"cmd":"ports"})");
   ASSERT_TRUE(r.value("ok", false));
   const json& ports = r["result"]["ports"];
   ASSERT_EQ(ports.size(), 1u);
-  for (const char* key :
-       {"id", "name", "backend", "console", "host_connected", "guest_connected", "bytes_to_guest",
-        "bytes_from_guest", "bytes_to_host", "console_bytes_dropped"}) {
+  for (const char* key : {"id", "name", "backend", "console", "host_connected", "guest_connected",
+                          "bytes_to_guest", "bytes_from_guest", "bytes_to_host",
+                          "console_bytes_dropped", "to_guest_wait", "to_host_wait"}) {
     EXPECT_TRUE(ports[0].contains(key)) << key;
   }
   EXPECT_EQ(ports[0]["bytes_to_guest"], 12);
   EXPECT_EQ(ports[0]["guest_connected"], true);
   EXPECT_EQ(ports[0]["console_bytes_dropped"], 3);
+  EXPECT_EQ(ports[0]["to_guest_wait"], "no_guest_buffers");
 }
 
 TEST_F(Fixture, PortRemoveByNameOrIdAndIdReuse) {

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -38,6 +39,11 @@ class FakePortBackend final : public chardev::PortBackend {
     bool hang_up_in_next_readv = false;
     // Input is handed out at most this many bytes per readv (a slow producer).
     size_t max_read = SIZE_MAX;
+    // Runs at the start of every readv, writev and want_* call: the guest (another thread in
+    // a real machine) acting while the device is in the middle of its work. It must not call
+    // into the device (its lock is held); kicks it wants to send are the test's to deliver
+    // later.
+    std::function<void()> during_call;
 
     // ---- The test acting as the host peer / I/O thread.
     void connect() {
@@ -76,6 +82,7 @@ class FakePortBackend final : public chardev::PortBackend {
   bool host_connected() const override { return state_->connected; }
   ssize_t readv(std::span<const iovec> iov) override {
     State& s = *state_;
+    if (s.during_call) s.during_call();
     ++s.readv_calls;
     if (s.hang_up_in_next_readv) {
       s.hang_up_in_next_readv = false;
@@ -96,6 +103,7 @@ class FakePortBackend final : public chardev::PortBackend {
   }
   ssize_t writev(std::span<const iovec> iov) override {
     State& s = *state_;
+    if (s.during_call) s.during_call();
     ++s.writev_calls;
     if (!s.connected) return -1;
     size_t done = 0;
@@ -109,10 +117,12 @@ class FakePortBackend final : public chardev::PortBackend {
     return static_cast<ssize_t>(done);
   }
   void want_input(bool on) override {
+    if (state_->during_call) state_->during_call();
     ++state_->want_input_calls;
     state_->want_input = on;
   }
   void want_output(bool on) override {
+    if (state_->during_call) state_->during_call();
     ++state_->want_output_calls;
     state_->want_output = on;
   }
@@ -123,7 +133,9 @@ class FakePortBackend final : public chardev::PortBackend {
 #pragma clang diagnostic push
 #pragma clang diagnostic ignored "-Winconsistent-missing-override"
 #endif
-  std::string address() const { return description_; }
+  std::string address() const {
+    return description_;
+  }
 #if defined(__clang__)
 #pragma clang diagnostic pop
 #endif
