@@ -13,7 +13,7 @@ emulation, what a user of a kvm_pvm machine would run instead) is always measure
 
 Usage: benches/boot.py [--runs N] [--guest DIR] [--pier PATH] [--memory 512M] [--cpus 1]
                        [--command 'echo hi'] [--pier-arg ARG]... [--qemu-kvm-timeout S]
-                       [--no-qemu] [--csv FILE]
+                       [--no-qemu] [--no-tcg] [--csv FILE]
 """
 import argparse
 import csv
@@ -150,6 +150,9 @@ def main():
     ap.add_argument("--qemu-kvm-timeout", type=float, default=60,
                     help="on a kvm_pvm host: how long QEMU+KVM is given once (0: skip)")
     ap.add_argument("--no-qemu", action="store_true", help="pier only")
+    ap.add_argument("--no-tcg", action="store_true",
+                    help="no QEMU TCG runs (inside tools/kvm-host's nested host they would run "
+                    "under two layers of emulation: minutes per boot, a figure of nothing)")
     ap.add_argument("--csv", help="write every run to this CSV file")
     ap.add_argument("--logs", default=os.path.join(ROOT, "build", "bench-logs"),
                     help="where each run's console log goes")
@@ -184,8 +187,9 @@ def main():
         else:
             vmms.append((f"QEMU {ver} -enable-kvm", qemu + ["-enable-kvm", "-cpu", "host"],
                          args.runs, args.timeout))
-        vmms.append((f"QEMU {ver} TCG (software emulation, no KVM)",
-                     qemu + ["-accel", "tcg", "-cpu", "max"], args.runs, args.timeout))
+        if not args.no_tcg:
+            vmms.append((f"QEMU {ver} TCG (software emulation, no KVM)",
+                         qemu + ["-accel", "tcg", "-cpu", "max"], args.runs, args.timeout))
 
     results = []
     for label, argv, runs, timeout in vmms:

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "integration/pier_process.hpp"
+#include "support/xorshift_stream.hpp"
 
 namespace pier::test {
 namespace {
@@ -23,26 +24,7 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
-// The guest's generator (tests/bare/console_stream.c): xorshift64, 8 bytes per step.
-class Stream {
- public:
-  explicit Stream(uint64_t seed) : state_(seed * 0x9e3779b97f4a7c15ull + 0x1234567) {}
-  uint8_t next() {
-    if (used_ == 8) {
-      uint64_t x = state_;
-      x ^= x << 13;
-      x ^= x >> 7;
-      x ^= x << 17;
-      state_ = word_ = x;
-      used_ = 0;
-    }
-    return static_cast<uint8_t>(word_ >> (8 * used_++));
-  }
-
- private:
-  uint64_t state_, word_ = 0;
-  unsigned used_ = 8;
-};
+using Stream = ::pier::test::XorshiftStream;
 
 struct PortTraffic {
   uint64_t sent = 0, received = 0, bad = 0;

@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "devices/chardev/port_backend.hpp"
+#include "support/xorshift_stream.hpp"
 #include "unit/virtio/console_test_harness.hpp"
 #include "vmm/log.hpp"
 
@@ -30,25 +31,7 @@ namespace {
 using namespace std::chrono_literals;
 using namespace linux_console;
 
-class Stream {
- public:
-  explicit Stream(uint64_t seed) : state_(seed * 0x9e3779b97f4a7c15ull + 0x1234567) {}
-  uint8_t next() {
-    if (used_ == 8) {
-      uint64_t x = state_;
-      x ^= x << 13;
-      x ^= x >> 7;
-      x ^= x << 17;
-      state_ = word_ = x;
-      used_ = 0;
-    }
-    return static_cast<uint8_t>(word_ >> (8 * used_++));
-  }
-
- private:
-  uint64_t state_, word_ = 0;
-  unsigned used_ = 8;
-};
+using Stream = ::pier::test::XorshiftStream;
 
 // No progress for this long while nobody pauses is a stall (generous: a loaded 2-core host).
 constexpr auto kNoProgress = 20s;
