@@ -78,10 +78,15 @@ static int unplug_main(const char *name) {
   int fd = found ? open(link, O_RDWR) : -1;
   check(fd >= 0, "open the hot-added port", "errno %d", fd < 0 ? errno : 0);
   if (fd < 0) goto done;
-  // The host sees us open it (the guest-opened event), connects and says hello.
+  // The host sees us open it (the guest-opened event), connects and says hello. Until it has
+  // connected, poll reports POLLHUP at once (a read would return 0): wait 100 ms a round, for
+  // up to 120 s, whatever poll says.
   size_t got = 0;
   for (int i = 0; i < 1200 && got < 6; ++i) {
-    if (!(poll_events(fd, POLLIN, 100) & POLLIN)) continue;
+    if (!(poll_events(fd, POLLIN, 100) & POLLIN)) {
+      usleep(100000);
+      continue;
+    }
     const ssize_t n = read(fd, buf + got, 6 - got);
     if (n > 0) got += (size_t)n;
   }

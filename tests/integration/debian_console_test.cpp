@@ -6,9 +6,11 @@
 // port hot-added and removed through the runtime API. The kernels x machines:
 //   Cloud61OneCpu            6.1 cloud (the default guest's kernel), 1 vCPU, 512 MiB
 //   Generic61EightCpusHighMemory  6.1 generic, 8 vCPUs, 5 GiB (RAM above 4 GiB)
-//   Cloud612OneCpu           6.12 cloud from bookworm-backports, 1 vCPU, 768 MiB
+//   Cloud612OneCpu           6.12 cloud from bookworm-backports, 1 vCPU, 768 MiB (hardware
+//                            KVM only: the nested host of tools/kvm-host cannot run 6.12)
 // (2 vCPUs: DebianBoot.DefaultGuestAndTwoCpusWithHighMemory.) Label "debian", one at a time.
 #include <fcntl.h>
+#include <gtest/gtest-spi.h>
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
@@ -183,7 +185,9 @@ struct DebianGuest {
   bool above_4g;             // System RAM above 4 GiB in /proc/iomem
 };
 
-void boot_and_check_console(const DebianGuest& guest) {
+// One boot and its checks; what pier printed (the guest's serial console included) lands in
+// *log however the checks end.
+void boot_and_check_console_once(const DebianGuest& guest, std::string* log) {
   PIER_REQUIRE_KVM();
   const fs::path image = fs::path(PIER_BUILD_DIR) / guest.image;
   if (!fs::exists(image / "vmlinuz")) {
@@ -219,6 +223,11 @@ void boot_and_check_console(const DebianGuest& guest) {
                  "--",
                  "sh",
                  "/usr/share/pier/checks.sh"});
+  struct KeepLog {
+    LivePier& pier;
+    std::string* log;
+    ~KeepLog() { *log = pier.out() + pier.err(); }
+  } keep_log{pier, log};
   // The pty port: pier says where it is, the guest writes a line to it.
   const std::string pty_line = pier.wait_for(
       R"(char device redirected to (/dev/pts/[0-9]+) \(label org\.pier\.pty\))", 60s, true);
@@ -294,6 +303,50 @@ void boot_and_check_console(const DebianGuest& guest) {
   fs::remove_all(dir);
 }
 
+// The first line of a guest kernel crash in pier's output (the guest's serial console), or "".
+std::string guest_kernel_crash(const std::string& log) {
+  static const std::regex crash(
+      R"((BUG: [^\r\n]*|Oops[^\r\n]*|general protection fault[^\r\n]*|Kernel panic[^\r\n]*))");
+  std::smatch m;
+  return std::regex_search(log, m, crash) ? m[1].str() : "";
+}
+
+// Boots and checks; in the nested KVM host of tools/kvm-host (PIER_KVM_HOST=nested-tcg, QEMU's
+// emulated SVM) a boot whose guest kernel crashed is tried again, up to 3 boots: that host
+// corrupts guest state now and then (docs/kvm-host.md; QEMU+KVM crashes there too). Any other
+// failure, and any crash on a real KVM host, is reported as it is.
+void boot_and_check_console(const DebianGuest& guest) {
+  const char* host = std::getenv("PIER_KVM_HOST");
+  const bool emulated_svm = host && std::string(host) == "nested-tcg";
+  for (int attempt = 1;; ++attempt) {
+    std::string log;
+    ::testing::TestPartResultArray results;
+    {
+      ::testing::ScopedFakeTestPartResultReporter intercept(
+          ::testing::ScopedFakeTestPartResultReporter::INTERCEPT_ALL_THREADS, &results);
+      boot_and_check_console_once(guest, &log);
+    }
+    bool failed = false;
+    for (int i = 0; i < results.size(); ++i) failed |= results.GetTestPartResult(i).failed();
+    const std::string crash = guest_kernel_crash(log);
+    if (failed && emulated_svm && !crash.empty() && attempt < 3) {
+      std::printf("[  RETRY   ] boot %d: the guest kernel crashed in the nested KVM host (%s)\n",
+                  attempt, crash.c_str());
+      continue;
+    }
+    // Report what this boot found, as it would have been reported without the interception.
+    for (int i = 0; i < results.size(); ++i) {
+      const auto& r = results.GetTestPartResult(i);
+      if (r.skipped()) GTEST_SKIP() << r.message();
+      if (r.failed()) {
+        ADD_FAILURE_AT(r.file_name() ? r.file_name() : "?", r.line_number())
+            << r.message() << (attempt > 1 ? "\n(boot " + std::to_string(attempt) + " of 3)" : "");
+      }
+    }
+    return;
+  }
+}
+
 TEST(DebianConsole, Cloud61OneCpu) {
   boot_and_check_console({"guest-test", "1", "512M", "0", "6.1.", true, false});
 }
@@ -302,9 +355,9 @@ TEST(DebianConsole, Generic61EightCpusHighMemory) {
   boot_and_check_console({"guest-test-generic", "8", "5G", "0-7", "6.1.", false, true});
 }
 
-// One vCPU: 6.12 guests with several vCPUs crash now and then in the nested KVM host of
-// tools/kvm-host (slab corruption; QEMU+KVM in the same host crashes the same way), so SMP is
-// covered on 6.1 there.
+// Hardware KVM only (label real-kvm-only): in the nested KVM host of tools/kvm-host Debian's
+// 6.12 kernel crashes (invalid opcode, double fault, slab corruption), 3 of 3 boots in one run,
+// and QEMU+KVM there crashes the same way (docs/kvm-host.md); SMP is covered on 6.1.
 TEST(DebianConsole, Cloud612OneCpu) {
   boot_and_check_console({"guest-test-backports", "1", "768M", "0", "6.12.", true, false});
 }
