@@ -167,13 +167,9 @@ std::string api_request(const std::string& socket, const std::string& request) {
   return got;
 }
 
-// The rest of the line after "GUEST-FACT <name>=" ("<missing>" if none).
+// The rest of the "GUEST-FACT <name>=" line ("" if none).
 std::string guest_fact(const std::string& out, const std::string& name) {
-  const std::string key = "GUEST-FACT " + name + "=";
-  const size_t at = out.find(key);
-  if (at == std::string::npos) return "<missing>";
-  const size_t end = out.find_first_of("\r\n", at);
-  return out.substr(at + key.size(), end == std::string::npos ? end : end - at - key.size());
+  return line_after(out, "GUEST-FACT " + name + "=");
 }
 
 struct DebianGuest {
