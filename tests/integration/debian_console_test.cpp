@@ -303,23 +303,12 @@ void boot_and_check_console_once(const DebianGuest& guest, std::string* log) {
   fs::remove_all(dir);
 }
 
-// The first line of a guest kernel crash in pier's output (the guest's serial console, or pier's
-// own report of a triple fault), or "".
-std::string guest_kernel_crash(const std::string& log) {
-  static const std::regex crash(
-      R"((BUG: [^\r\n]*|Oops[^\r\n]*|general protection fault[^\r\n]*|Kernel panic[^\r\n]*)"
-      R"(|triple fault; the guest cannot continue))");
-  std::smatch m;
-  return std::regex_search(log, m, crash) ? m[1].str() : "";
-}
-
 // Boots and checks; in the nested KVM host of tools/kvm-host (PIER_KVM_HOST=nested-tcg, QEMU's
 // emulated SVM) a boot whose guest kernel crashed is tried again, up to 3 boots: that host
 // corrupts guest state now and then (docs/kvm-host.md; QEMU+KVM crashes there too). Any other
 // failure, and any crash on a real KVM host, is reported as it is.
 void boot_and_check_console(const DebianGuest& guest) {
-  const char* host = std::getenv("PIER_KVM_HOST");
-  const bool emulated_svm = host && std::string(host) == "nested-tcg";
+  const bool emulated_svm = in_nested_tcg_host();
   for (int attempt = 1;; ++attempt) {
     std::string log;
     ::testing::TestPartResultArray results;

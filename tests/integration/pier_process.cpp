@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <regex>
 #include <sstream>
 #include <thread>
 
@@ -33,6 +34,19 @@ std::string kvm_unavailable_reason() {
   if (fd < 0) return std::string("cannot open /dev/kvm: ") + std::strerror(errno);
   close(fd);
   return "";
+}
+
+std::string guest_kernel_crash(const std::string& log) {
+  static const std::regex crash(
+      R"((BUG: [^\r\n]*|Oops[^\r\n]*|general protection fault[^\r\n]*|Kernel panic[^\r\n]*)"
+      R"(|triple fault; the guest cannot continue))");
+  std::smatch m;
+  return std::regex_search(log, m, crash) ? m[1].str() : "";
+}
+
+bool in_nested_tcg_host() {
+  const char* host = std::getenv("PIER_KVM_HOST");
+  return host && std::string(host) == "nested-tcg";
 }
 
 bool kvm_required() {

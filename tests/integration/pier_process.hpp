@@ -49,6 +49,14 @@ std::string line_after(const std::string& out, const std::string& prefix);
 int connect_unix(const std::string& path,
                  std::chrono::milliseconds timeout = std::chrono::milliseconds(20000));
 
+// The first line of a guest kernel crash in pier's output (the guest's serial console, or pier's
+// own report of a triple fault), or "".
+std::string guest_kernel_crash(const std::string& log);
+// True inside tools/kvm-host's nested host (PIER_KVM_HOST=nested-tcg): QEMU's emulated SVM, which
+// corrupts nested guests now and then (docs/kvm-host.md), so Debian boots that crash there are
+// booted again, up to 3 boots; never on a real KVM host.
+bool in_nested_tcg_host();
+
 // True when PIER_KVM_REQUIRED=1: tools/run-tests promises /dev/kvm (directly or in the nested
 // host of tools/kvm-host), so a test that cannot have it fails instead of skipping.
 bool kvm_required();
