@@ -106,6 +106,37 @@ void set_lapic_lints(Vcpu& vcpu) {
   vcpu.set_lapic(state);
 }
 
+const char* exit_reason_name(uint32_t reason) {
+  switch (reason) {
+    case KVM_EXIT_IO:
+      return "io";
+    case KVM_EXIT_MMIO:
+      return "mmio";
+    case KVM_EXIT_HLT:
+      return "hlt";
+    case KVM_EXIT_INTR:
+      return "intr";
+    case KVM_EXIT_SHUTDOWN:
+      return "shutdown";
+    case KVM_EXIT_SYSTEM_EVENT:
+      return "system-event";
+    case KVM_EXIT_FAIL_ENTRY:
+      return "fail-entry";
+    case KVM_EXIT_DEBUG:
+      return "debug";
+    case KVM_EXIT_INTERNAL_ERROR:
+      return "internal-error";
+    default:
+      return "other";
+  }
+}
+
+int64_t steady_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 }  // namespace
 
 // The runtime API's view of the machine (I/O thread).
@@ -163,7 +194,26 @@ class Machine::ApiTarget final : public api::Target {
             {"max_ports", m_.config_.max_ports},
             {"ports", m_.console_->port_stats().size()},
             {"console_driver_ready", device.driver_ready},
-            {"api_clients", m_.api_server_ ? m_.api_server_->client_count() : 0}};
+            {"api_clients", m_.api_server_ ? m_.api_server_->client_count() : 0},
+            {"vcpus", vcpus()}};
+  }
+
+  // Per vCPU: exits that reached pier, the last one's reason and seconds since it.
+  api::json vcpus() const {
+    api::json list = api::json::array();
+    const int64_t now = steady_ns();
+    for (unsigned i = 0; i < m_.vcpus_.size(); ++i) {
+      const auto& a = m_.vcpu_activity_[i];
+      const uint64_t exits = a.exits.load(std::memory_order_relaxed);
+      const int64_t last = a.last_exit_ns.load(std::memory_order_relaxed);
+      api::json v = {{"index", i}, {"exits", exits}};
+      if (exits != 0) {
+        v["last_exit"] = exit_reason_name(a.last_exit_reason.load(std::memory_order_relaxed));
+        v["last_exit_age_s"] = std::round((now - last) / 1e6) / 1000;
+      }
+      list.push_back(std::move(v));
+    }
+    return list;
   }
 
   void quit() override {
@@ -442,6 +492,25 @@ void Machine::create_vcpus() {
     assist_->prepare_vcpu(*vcpu);
     vcpus_.push_back(std::move(vcpu));
   }
+  vcpu_activity_ = std::make_unique<VcpuActivity[]>(vcpus_.size());
+}
+
+std::string Machine::vcpu_activity_summary() const {
+  std::string s;
+  const int64_t now = steady_ns();
+  for (unsigned i = 0; i < vcpus_.size(); ++i) {
+    const auto& a = vcpu_activity_[i];
+    const uint64_t exits = a.exits.load(std::memory_order_relaxed);
+    if (!s.empty()) s += "; ";
+    if (exits == 0) {
+      s += fmt::format("vCPU {}: no exits", i);
+    } else {
+      s += fmt::format("vCPU {}: {} exits, last {} {:.1f} s ago", i, exits,
+                       exit_reason_name(a.last_exit_reason.load(std::memory_order_relaxed)),
+                       (now - a.last_exit_ns.load(std::memory_order_relaxed)) / 1e9);
+    }
+  }
+  return s;
 }
 
 void Machine::request_stop(StopReason reason) {
@@ -481,6 +550,10 @@ void Machine::vcpu_thread(unsigned index) {
         request_stop(StopReason::kError);
         break;
       }
+      VcpuActivity& activity = vcpu_activity_[index];
+      activity.exits.fetch_add(1, std::memory_order_relaxed);
+      activity.last_exit_reason.store(vcpu.run_data()->exit_reason, std::memory_order_relaxed);
+      activity.last_exit_ns.store(steady_ns(), std::memory_order_relaxed);
       if (!handle_exit(vcpu)) break;
     }
   } catch (const std::exception& e) {
@@ -643,7 +716,7 @@ int Machine::run() {
     api_server_->shutdown(
         api::vm_stopped_json(to_string(reason), std::chrono::system_clock::now()));
   }
-  log::info("machine stopped: {}", to_string(reason));
+  log::info("machine stopped: {} ({})", to_string(reason), vcpu_activity_summary());
   log_memory_footprint();
   for (const auto& dev : virtio_devices_) {
     log::info("{}: status {:#x}, {} queue notifies reached pier instead of an ioeventfd",

@@ -69,7 +69,7 @@ struct MachineConfig {
   uint64_t console_ring_bytes = 64 * 1024;  // console output kept per port while nobody reads
   HostProfile host;
   std::string kvm_device = "/dev/kvm";
-  std::string dump_dtb;  // write the device tree here and do not run
+  std::string dump_dtb;    // write the device tree here and do not run
   std::string api_socket;  // the runtime API's unix socket (empty: none)
 };
 
@@ -124,6 +124,17 @@ class Machine {
   std::vector<std::pair<uint32_t, chardev::PortBackend*>> sized_console_ports_;
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   std::vector<std::thread> threads_;
+  // What each vCPU thread last did, for vm-status and the stop log: a guest that hangs (no
+  // exits for minutes, or the same exit over and over) shows here. Written by its vCPU thread
+  // only, read by the I/O thread.
+  struct alignas(64) VcpuActivity {
+    std::atomic<uint64_t> exits{0};
+    std::atomic<uint32_t> last_exit_reason{0};
+    std::atomic<int64_t> last_exit_ns{0};  // steady_clock; 0: never left KVM_RUN for pier
+  };
+  std::unique_ptr<VcpuActivity[]> vcpu_activity_;
+  // One line per vCPU: exits, the last exit's reason and how long ago.
+  std::string vcpu_activity_summary() const;
   boot::LoadedKernel kernel_;
   std::unique_ptr<ExitAssist> assist_;
   std::vector<uint8_t> dtb_;

@@ -619,6 +619,10 @@ TEST_F(Api, ConfigFileIsEquivalentToFlagsAndFlagsOverrideIt) {
   const json st = api.call({{"cmd", "vm-status"}});
   EXPECT_EQ(st["result"]["max_ports"], 5) << st.dump();
   EXPECT_EQ(st["result"]["memory_bytes"], 96u << 20);
+  // One entry per vCPU with its exit count (what a hung guest's report is read from).
+  ASSERT_EQ(st["result"]["vcpus"].size(), st["result"]["cpus"].get<size_t>()) << st.dump();
+  EXPECT_EQ(st["result"]["vcpus"][0]["index"], 0) << st.dump();
+  EXPECT_TRUE(st["result"]["vcpus"][0]["exits"].is_number_unsigned()) << st.dump();
   const json ports = api.call({{"cmd", "ports"}});
   ASSERT_EQ(ports["result"]["ports"].size(), 2u) << ports.dump();
   EXPECT_EQ(ports["result"]["ports"][1]["name"], "org.pier.fromfile");

@@ -121,10 +121,9 @@ void expect_booted(const PierResult& r) {
 PierResult boot_again_on_nested_crash(const std::vector<std::string>& extra) {
   for (int attempt = 1;; ++attempt) {
     PierResult r = run_pier(boot(extra));
-    const std::string crash = guest_kernel_crash(r.out + r.err);
-    if (crash.empty() || !in_nested_tcg_host() || attempt == 3) return r;
-    std::printf("[  RETRY   ] boot %d: the guest kernel crashed in the nested KVM host (%s)\n",
-                attempt, crash.c_str());
+    const std::string fault = nested_host_fault(r.out + r.err);
+    if (fault.empty() || !in_nested_tcg_host() || attempt == 3) return r;
+    std::printf("[  RETRY   ] boot %d in the nested KVM host: %s\n", attempt, fault.c_str());
   }
 }
 

@@ -44,6 +44,14 @@ std::string guest_kernel_crash(const std::string& log) {
   return std::regex_search(log, m, crash) ? m[1].str() : "";
 }
 
+std::string nested_host_fault(const std::string& log) {
+  if (std::string crash = guest_kernel_crash(log); !crash.empty()) return crash;
+  if (log.find("Linux version") == std::string::npos) {
+    return "the guest kernel never printed its first line";
+  }
+  return "";
+}
+
 bool in_nested_tcg_host() {
   const char* host = std::getenv("PIER_KVM_HOST");
   return host && std::string(host) == "nested-tcg";
@@ -113,16 +121,23 @@ PierResult run_pier(const PierRun& run) {
   std::string pending = run.stdin_after.empty() ? run.stdin_data : "";
   bool stdin_armed = run.stdin_after.empty();
   bool out_open = true, err_open = true;
-  const auto deadline = t0 + run.timeout;
+  auto deadline = t0 + run.timeout;
   int status = 0;
   bool reaped = false;
   while (out_open || err_open) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
         deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) {
+      if (r.timed_out) {
+        kill(pid, SIGKILL);
+        break;
+      }
+      // SIGTERM first: pier stops cleanly and logs what each vCPU last did, which is what a
+      // failure message needs to tell a hung guest from a hung pier. SIGKILL 5 s later.
       r.timed_out = true;
-      kill(pid, SIGKILL);
-      break;
+      kill(pid, SIGTERM);
+      deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      continue;
     }
     pollfd fds[3] = {{out_open ? out[0] : -1, POLLIN, 0},
                      {err_open ? err[0] : -1, POLLIN, 0},

@@ -52,6 +52,10 @@ int connect_unix(const std::string& path,
 // The first line of a guest kernel crash in pier's output (the guest's serial console, or pier's
 // own report of a triple fault), or "".
 std::string guest_kernel_crash(const std::string& log);
+// What the nested host is known to do to Debian guests now and then, as found in pier's output:
+// a guest kernel crash (guest_kernel_crash), or a guest that never printed "Linux version" (seen
+// once in CI: 2 vCPUs, 6.12, no output for 25 minutes). "" if neither.
+std::string nested_host_fault(const std::string& log);
 // True inside tools/kvm-host's nested host (PIER_KVM_HOST=nested-tcg): QEMU's emulated SVM, which
 // corrupts nested guests now and then (docs/kvm-host.md), so Debian boots that crash there are
 // booted again, up to 3 boots; never on a real KVM host.
