@@ -61,6 +61,28 @@ void write_boot_gdt_and_idt(const GuestMemory& memory) {
   memory.fill(layout::kBootIdt, layout::kBootIdtSize, 0, "boot IDT");
 }
 
+std::array<uint8_t, 16> bios_reset_stub() {
+  static_assert(layout::kAcpiReset > 0xff, "port above 0xff: out dx, al");
+  const uint8_t port_low = layout::kAcpiReset & 0xff, port_high = layout::kAcpiReset >> 8;
+  return {
+      0xba,      port_low,
+      port_high,                           // mov dx, kAcpiReset
+      0xb0,      layout::kAcpiResetValue,  // mov al, kAcpiResetValue
+      0xee,                                // out dx, al   (pier ends the run here)
+      0xfa,                                // cli
+      0xf4,                                // hlt          (not reached)
+      0xeb,      0xfd,                     // jmp hlt
+      0,         0,
+      0,         0,
+      0,         0,
+  };
+}
+
+void write_bios_reset_stub(const GuestMemory& memory) {
+  const auto stub = bios_reset_stub();
+  memory.load(layout::kBiosResetVector, stub, "BIOS reset vector stub");
+}
+
 void write_identity_page_tables(const GuestMemory& memory) {
   memory.fill(layout::kPml4, layout::kPageTablesEnd - layout::kPml4, 0, "boot page tables");
   auto pml4 = memory.checked_slice(layout::kPml4, 4096, "PML4");

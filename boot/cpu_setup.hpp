@@ -4,6 +4,7 @@
 // Pure functions over guest memory and KVM structs, so they are unit-tested without /dev/kvm.
 #include <linux/kvm.h>
 
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -29,6 +30,10 @@ kvm_segment segment_from_gdt_entry(uint64_t entry, uint16_t selector);
 
 // Writes the boot GDT (layout::kBootGdt) and an empty IDT (layout::kBootIdt).
 void write_boot_gdt_and_idt(const GuestMemory& memory);
+// The 16-byte real-mode stub at the BIOS reset vector (layout::kBiosResetVector): it writes the
+// ACPI reset register and halts, so a guest that "reboots through the BIOS" resets pier's way.
+std::array<uint8_t, 16> bios_reset_stub();
+void write_bios_reset_stub(const GuestMemory& memory);
 // Identity-maps guest-physical 0-4 GiB with 2 MiB pages at layout::kPml4 (supervisor, writable).
 void write_identity_page_tables(const GuestMemory& memory);
 

@@ -45,7 +45,12 @@ constexpr uint64_t kEbdaStart = 0x9fc00;
 // ACPI tables: the RSDP must be in 0xE0000-0xFFFFF where Linux scans for it; the other tables
 // follow it in the same reserved window.
 constexpr uint64_t kAcpiStart = 0xe0000;
-constexpr uint64_t kAcpiEnd = 0x100000;
+constexpr uint64_t kAcpiEnd = 0xffff0;
+// The real-mode reset vector F000:FFF0, where a PC's BIOS starts. Linux jumps there as its
+// reboot=b(ios) method (and falls through to it from reboot=efi when there is no EFI, which is
+// its default on hardware-reduced ACPI): pier puts a 16-byte stub there that writes the ACPI
+// reset register, so that path ends the run like the others.
+constexpr uint64_t kBiosResetVector = 0xffff0;
 constexpr uint64_t kLowRamEnd = 0x100000;
 
 // ---- Kernel ----
@@ -89,6 +94,8 @@ constexpr uint16_t kAcpiPortsSize = 3;
 constexpr uint8_t kAcpiResetValue = 0x0f;
 // PCI type-1 configuration mechanism.
 constexpr uint16_t kPciConfigAddress = 0xcf8;
+// Byte accesses to 0xCF9 are the chipset's reset control register (Linux reboot=p/pci).
+constexpr uint16_t kResetControl = 0xcf9;
 constexpr uint16_t kPciConfigData = 0xcfc;
 
 // ---- Interrupt lines (GSIs on the IOAPIC; ISA IRQs equal GSIs except IRQ0 -> GSI2) ----
@@ -105,7 +112,8 @@ static_assert(kPml4 + 4 * KiB == kPdpt && kPdpt + 4 * KiB == kPageDirs);
 static_assert(kPageTablesEnd <= kCmdline);
 static_assert(kCmdline + kCmdlineMax <= kSetupData);
 static_assert(kSetupData + kSetupDataMax <= kEbdaStart);
-static_assert(kEbdaStart < kAcpiStart && kAcpiEnd <= kKernelLoad);
+static_assert(kEbdaStart < kAcpiStart && kAcpiEnd <= kBiosResetVector);
+static_assert(kBiosResetVector + 16 == kLowRamEnd && kLowRamEnd <= kKernelLoad);
 static_assert(kPml4 % 4096 == 0 && kZeroPage % 4096 == 0 && kPageDirs % 4096 == 0);
 static_assert(kPciMmioEnd <= kIoapic && kIoapic + kIoapicSize <= kLapic);
 static_assert(kLapic + kLapicSize <= kKvmIdentityMap);

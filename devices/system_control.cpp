@@ -70,4 +70,24 @@ void I8042::write(uint64_t offset, std::span<const uint8_t> data) {
   }
 }
 
+void ResetControlPort::read(uint64_t offset, std::span<uint8_t> data) {
+  if (offset == kRegisterOffset && data.size() == 1) {
+    data[0] = value_.load(std::memory_order_relaxed);
+    return;
+  }
+  pci_config_->read(offset, data);
+}
+
+void ResetControlPort::write(uint64_t offset, std::span<const uint8_t> data) {
+  if (offset == kRegisterOffset && data.size() == 1) {
+    // RST_CPU resets on its 0->1 edge and clears itself, so it always reads 0 and every write
+    // with it set is an edge. SYS_RST/FULL_RST only choose the kind of reset: pier ends the run
+    // for all of them.
+    value_.store(data[0] & (kSystemReset | kFullReset), std::memory_order_relaxed);
+    if (data[0] & kResetCpu) stop_(StopReason::kReset);
+    return;
+  }
+  pci_config_->write(offset, data);
+}
+
 }  // namespace pier

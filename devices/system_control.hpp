@@ -1,10 +1,13 @@
 #pragma once
 // The ways a guest ends the machine: ACPI hardware-reduced sleep control (S5 = power off) and
-// reset registers, and the i8042 keyboard controller's CPU-reset command (0xFE to port 0x64,
-// Linux `reboot=k`). Both report to one callback; the machine stops and pier exits 0.
+// reset registers, the i8042 keyboard controller's CPU-reset command (0xFE to port 0x64, Linux
+// `reboot=k`) and the chipset's reset control register (0xCF9, `reboot=p`). All report to one
+// callback; the machine stops and pier exits 0. (The BIOS reset vector stub, boot/cpu_setup.hpp,
+// and a triple fault, vmm/machine.cpp, end the run the same way.)
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 
 #include "devices/io_bus.hpp"
 
@@ -49,6 +52,28 @@ class I8042 final : public BusDevice {
 
  private:
   StopHandler stop_;
+};
+
+// I/O ports 0xCF8-0xCFF with the chipset's reset control register (RCR) at 0xCF9 carved out:
+// byte accesses to 0xCF9 are the RCR, where writing RST_CPU (bit 2) resets the machine (Linux
+// reboot=p/pci, and its fallback after ACPI and the keyboard controller); every other access goes
+// to `pci_config` (the PCI type-1 mechanism, whose CONFIG_ADDRESS takes only dword accesses).
+class ResetControlPort final : public BusDevice {
+ public:
+  static constexpr uint64_t kRegisterOffset = 1;  // 0xCF9 in the 0xCF8 window
+  static constexpr uint8_t kSystemReset = 1u << 1;
+  static constexpr uint8_t kResetCpu = 1u << 2;
+  static constexpr uint8_t kFullReset = 1u << 3;
+
+  ResetControlPort(StopHandler stop, std::shared_ptr<BusDevice> pci_config)
+      : stop_(std::move(stop)), pci_config_(std::move(pci_config)) {}
+  void read(uint64_t offset, std::span<uint8_t> data) override;
+  void write(uint64_t offset, std::span<const uint8_t> data) override;
+
+ private:
+  StopHandler stop_;
+  std::shared_ptr<BusDevice> pci_config_;
+  std::atomic<uint8_t> value_{0};  // SYS_RST and FULL_RST as last written (vCPU threads)
 };
 
 }  // namespace pier

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <sys/timerfd.h>
 
 #include <cmath>
 #include <cstring>
@@ -294,7 +295,9 @@ void Machine::create_devices() {
   pio_.add(layout::kI8042Data, 5, std::make_shared<I8042>(stop), "i8042");
 
   pci_ = std::make_unique<pci::Bus>(layout::kPciMmioStart, layout::kPciMmioEnd);
-  pio_.add(layout::kPciConfigAddress, 8, pci_->config_io(), "PCI type-1 config");
+  pio_.add(layout::kPciConfigAddress, 8,
+           std::make_shared<ResetControlPort>(stop, pci_->config_io()),
+           "PCI type-1 config, reset control at 0xcf9");
   pio_.add(layout::kAcpiSleepControl, layout::kAcpiPortsSize,
            std::make_shared<AcpiSystemControl>(stop), "ACPI sleep/reset");
 }
@@ -455,6 +458,7 @@ void Machine::load_guest() {
 
   boot::write_boot_gdt_and_idt(mem);
   boot::write_identity_page_tables(mem);
+  boot::write_bios_reset_stub(mem);
 }
 
 void Machine::create_vcpus() {
@@ -543,6 +547,9 @@ void Machine::vcpu_thread(unsigned index) {
       const int err = vcpu.run();
       if (err == EINTR || err == EAGAIN) {
         vcpu.run_data()->immediate_exit = 0;
+        if (vcpu_activity_[index].probe_requested.exchange(false)) {
+          answer_hang_probe(vcpu, vcpu_activity_[index]);
+        }
         continue;
       }
       if (err != 0) {
@@ -560,6 +567,66 @@ void Machine::vcpu_thread(unsigned index) {
     log::error("vCPU {}: {}", index, e.what());
     request_stop(StopReason::kError);
   }
+}
+
+void Machine::answer_hang_probe(Vcpu& vcpu, VcpuActivity& activity) {
+  constexpr uint64_t kInterruptFlag = 1u << 9;
+  const uint32_t mp = vcpu.mp_state().mp_state;
+  const kvm_regs regs = vcpu.regs();
+  const bool halted_for_good = mp == KVM_MP_STATE_HALTED && !(regs.rflags & kInterruptFlag);
+  const bool never_started = mp == KVM_MP_STATE_UNINITIALIZED || mp == KVM_MP_STATE_INIT_RECEIVED;
+  activity.probe_stuck.store(halted_for_good || never_started, std::memory_order_relaxed);
+  activity.probe_rip.store(regs.rip, std::memory_order_relaxed);
+  activity.probe_exits.store(activity.exits.load(std::memory_order_relaxed),
+                             std::memory_order_relaxed);
+  activity.probe_seq.store(hang_probe_seq_.load(std::memory_order_acquire),
+                           std::memory_order_release);
+}
+
+void Machine::watch_for_hang() {
+  if (hang_reported_ || stopping_) return;
+  const int64_t now = steady_ns();
+  constexpr int64_t kQuietNs = 1'000'000'000;
+  bool any_recent_exit = false;
+  for (unsigned i = 0; i < vcpus_.size(); ++i) {
+    any_recent_exit |=
+        now - vcpu_activity_[i].last_exit_ns.load(std::memory_order_relaxed) < kQuietNs;
+  }
+  if (any_recent_exit) return;  // something ran: no hang, and no probe needed
+  // The answers to the last probe: every vCPU stuck then and no exit since.
+  const uint64_t asked = hang_probe_seq_.load(std::memory_order_relaxed);
+  if (asked != 0) {
+    bool all_stuck = true;
+    std::string where;
+    for (unsigned i = 0; i < vcpus_.size(); ++i) {
+      const auto& a = vcpu_activity_[i];
+      all_stuck &=
+          a.probe_seq.load(std::memory_order_acquire) == asked &&
+          a.probe_stuck.load(std::memory_order_relaxed) &&
+          a.probe_exits.load(std::memory_order_relaxed) == a.exits.load(std::memory_order_relaxed);
+      if (a.probe_stuck.load(std::memory_order_relaxed)) {
+        where += fmt::format("{}vCPU {} rip={:#x}", where.empty() ? "" : ", ", i,
+                             a.probe_rip.load(std::memory_order_relaxed));
+      }
+    }
+    if (all_stuck) {
+      hang_reported_ = true;
+      log::warn(
+          "the guest has halted every vCPU with interrupts off (or left them waiting for a "
+          "start-up IPI): it cannot run again. pier keeps running until it is stopped (signal, "
+          "quit key, API quit). {}",
+          where);
+      if (api_server_) {
+        api_server_->broadcast(api::guest_halted_json(where, std::chrono::system_clock::now()));
+      }
+      return;
+    }
+  }
+  hang_probe_seq_.fetch_add(1, std::memory_order_release);
+  for (unsigned i = 0; i < vcpus_.size(); ++i) {
+    vcpu_activity_[i].probe_requested.store(true, std::memory_order_relaxed);
+  }
+  kick_vcpus();
 }
 
 bool Machine::handle_exit(Vcpu& vcpu) {
@@ -593,7 +660,13 @@ bool Machine::handle_exit(Vcpu& vcpu) {
     case KVM_EXIT_INTR:
       return true;
     case KVM_EXIT_SHUTDOWN:
-      log::error("vCPU {}: triple fault; the guest cannot continue\n{}", vcpu.index(), vcpu.dump());
+      // A shutdown is how a PC resets when the CPU cannot deliver a fault (Linux reboot=t uses
+      // it on purpose; a kernel that crashes before its IDT works ends here too): it ends the run
+      // like the other reset paths, with the registers on stderr for the second case.
+      log::warn(
+          "vCPU {}: triple fault: the guest reset itself (on purpose, like Linux reboot=t, "
+          "or after a fault it could not handle)\n{}",
+          vcpu.index(), vcpu.dump());
       request_stop(StopReason::kTripleFault);
       return false;
     case KVM_EXIT_SYSTEM_EVENT:
@@ -697,6 +770,14 @@ int Machine::run() {
     }
   });
   loop_.post([this] { update_console_sizes(); });
+  UniqueFd hang_timer(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+  if (!hang_timer) throw system_error("timerfd_create");
+  const itimerspec every_second{{1, 0}, {1, 0}};
+  ::timerfd_settime(hang_timer.get(), 0, &every_second, nullptr);
+  loop_.add(hang_timer.get(), EPOLLIN, [this, fd = hang_timer.get()](uint32_t) {
+    uint64_t ticks = 0;
+    if (::read(fd, &ticks, sizeof(ticks)) == sizeof(ticks)) watch_for_hang();
+  });
 
   threads_.reserve(vcpus_.size());
   for (unsigned i = 0; i < vcpus_.size(); ++i) {
@@ -709,6 +790,7 @@ int Machine::run() {
   for (auto& t : threads_) t.join();
   threads_.clear();
   loop_.remove(signal_fd.get());
+  loop_.remove(hang_timer.get());
 
   const StopReason reason = stop_reason_.load();
   if (api_server_) {
@@ -740,9 +822,8 @@ int Machine::run() {
     case StopReason::kSignal:
     case StopReason::kQuitKey:
     case StopReason::kApiQuit:
-      return 0;
     case StopReason::kTripleFault:
-      return 2;
+      return 0;
     default:
       return 3;
   }

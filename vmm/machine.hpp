@@ -131,8 +131,21 @@ class Machine {
     std::atomic<uint64_t> exits{0};
     std::atomic<uint32_t> last_exit_reason{0};
     std::atomic<int64_t> last_exit_ns{0};  // steady_clock; 0: never left KVM_RUN for pier
+    // The hang watch (watch_for_hang): the I/O thread asks (probe_requested, then a kick), the
+    // vCPU thread answers with its state as of that kick.
+    std::atomic<bool> probe_requested{false};
+    std::atomic<uint64_t> probe_seq{0};    // the request answered
+    std::atomic<bool> probe_stuck{false};  // halted with IF=0, or never started (no SIPI)
+    std::atomic<uint64_t> probe_exits{0};  // `exits` when it answered
+    std::atomic<uint64_t> probe_rip{0};
   };
   std::unique_ptr<VcpuActivity[]> vcpu_activity_;
+  // I/O thread, once a second: reports (once) a guest whose every vCPU is halted with interrupts
+  // off or waits for a SIPI nobody can send: it can never run again.
+  void watch_for_hang();
+  void answer_hang_probe(Vcpu& vcpu, VcpuActivity& activity);
+  std::atomic<uint64_t> hang_probe_seq_{0};  // the probe the vCPUs answer next
+  bool hang_reported_ = false;
   // One line per vCPU: exits, the last exit's reason and how long ago.
   std::string vcpu_activity_summary() const;
   boot::LoadedKernel kernel_;

@@ -119,9 +119,11 @@ PortOption parse_port_option(std::string_view text) {
 }
 
 std::string default_linux_cmdline() {
-  // ttyS0 is the console until virtio-console brings hvc0; reboot=k makes `reboot` use the i8042
-  // reset pier catches; panic=-1 reboots at once on a panic instead of hanging.
-  return "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd";
+  // ttyS0 is the console until virtio-console brings hvc0; panic=-1 reboots at once on a panic
+  // instead of hanging. No reboot=: every method Linux tries ends the run (devices/
+  // system_control.hpp), including its default on hardware-reduced ACPI (EFI, then the BIOS
+  // reset vector).
+  return "console=ttyS0 panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd";
 }
 
 std::string default_guest_dir() {

@@ -1,10 +1,14 @@
-// The ways a guest ends the VM: ACPI S5, i8042 reset (both exit 0) and a triple fault (non-zero,
-// with a message on stderr).
+// The ways a guest ends the VM: ACPI S5 power-off, and every reset path Linux tries (ACPI reset
+// register, i8042, 0xCF9, triple fault), from the BSP or from an AP while the BSP runs: all exit
+// 0, and pier's stop line names the reason.
+#include <poll.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <future>
+#include <string>
 
 #include "pier_process.hpp"
 
@@ -16,30 +20,47 @@ TEST(BarePower, AcpiS5PowerOffExitsZero) {
   EXPECT_TRUE(guest_passed(r, "poweroff_s5"));
 }
 
-TEST(BarePower, I8042ResetExitsZero) {
+// One boot of the reset guest per method and CPU.
+class BareReset : public ::testing::TestWithParam<std::tuple<std::string, bool>> {};
+
+TEST_P(BareReset, EndsTheRunWithExitZero) {
   PIER_REQUIRE_KVM();
-  auto r = run_bare("reset_i8042");
-  EXPECT_TRUE(guest_passed(r, "reset_i8042"));
+  const auto& [method, on_ap] = GetParam();
+  std::vector<std::string> args{"--log-level", "info", "--cmdline",
+                                "method=" + method + (on_ap ? " cpu=ap" : "")};
+  if (on_ap) args.insert(args.end(), {"--cpus", "2"});
+  auto r = run_bare("reset", args);
+  EXPECT_TRUE(guest_passed(r, "reset"));
+  EXPECT_FALSE(r.timed_out) << r.describe();
+  EXPECT_NE(r.err.find("machine stopped: guest reset"), std::string::npos) << r.describe();
 }
 
+INSTANTIATE_TEST_SUITE_P(EveryMethod, BareReset,
+                         ::testing::Combine(::testing::Values("kbd", "acpi", "cf9"),
+                                            ::testing::Bool()),
+                         [](const auto& info) {
+                           return std::get<0>(info.param) +
+                                  (std::get<1>(info.param) ? "OnAp" : "OnBsp");
+                         });
+
+// A triple fault is a reset too (Linux reboot=t; also how a kernel that cannot handle a fault
+// ends): exit 0 like the other resets, with a warning and the registers on stderr.
 static void expect_triple_fault(const std::string& how, const std::vector<std::string>& extra = {},
                                 const std::string& cmdline = "") {
-  std::vector<std::string> args{"--cmdline", "how=" + how + cmdline};
+  std::vector<std::string> args{"--log-level", "info", "--cmdline", "how=" + how + cmdline};
   args.insert(args.end(), extra.begin(), extra.end());
   auto r = run_bare("triple_fault", args);
   EXPECT_FALSE(r.timed_out) << r.describe();
   EXPECT_TRUE(has_line_starting(r.out, "PIER-TEST ARMED triple_fault")) << r.describe();
   EXPECT_FALSE(has_line_starting(r.out, "PIER-TEST FAIL")) << r.describe();
-  EXPECT_NE(r.exit_code, 0) << r.describe();
+  EXPECT_EQ(r.exit_code, 0) << r.describe();
   EXPECT_EQ(r.term_signal, 0) << "pier died of a signal\n" << r.describe();
-  std::string err = r.err;
-  std::transform(err.begin(), err.end(), err.begin(), ::tolower);
-  EXPECT_TRUE(err.find("triple") != std::string::npos || err.find("shutdown") != std::string::npos)
-      << "expected a message about the triple fault on stderr\n" << r.describe();
-  std::cout << "[ stderr   ] " << r.err;
+  EXPECT_NE(r.err.find("triple fault: the guest reset itself"), std::string::npos) << r.describe();
+  EXPECT_NE(r.err.find("rip="), std::string::npos) << "the register dump\n" << r.describe();
+  EXPECT_NE(r.err.find("machine stopped: triple fault"), std::string::npos) << r.describe();
 }
 
-TEST(BarePower, TripleFaultExitsNonZeroWithMessage) {
+TEST(BarePower, TripleFaultResetsWithExitZeroAndARegisterDump) {
   PIER_REQUIRE_KVM();
   expect_triple_fault("ud2");
 }
@@ -52,6 +73,75 @@ TEST(BarePower, TripleFaultFromGeneralProtection) {
 TEST(BarePower, TripleFaultOnAnApEndsTheVm) {
   PIER_REQUIRE_KVM();
   expect_triple_fault("ud2", {"--cpus", "2"}, " cpu=ap");
+}
+
+// The halt guest with the runtime API: what the API's event stream carried in `watch`, then the
+// run ended by the API's quit.
+struct HaltRun {
+  PierResult result;
+  std::string events;
+};
+
+HaltRun run_halt_guest(const std::string& cmdline, const std::string& cpus,
+                       std::chrono::seconds watch) {
+  const std::string api = "/tmp/pier-halt-" + std::to_string(::getpid()) + ".sock";
+  PierRun run;
+  run.args = {
+      "run",         "--kernel", bare_guest("halt"), "--cmdline", cmdline,       "--cpus", cpus,
+      "--log-level", "info",     "--api-socket",     api,         "--max-ports", "1"};
+  run.timeout = std::chrono::seconds(120);
+  auto pier = std::async(std::launch::async, [run] { return run_pier(run); });
+  HaltRun out;
+  const int fd = connect_unix(api);
+  if (fd >= 0) {
+    const auto deadline = std::chrono::steady_clock::now() + watch;
+    while (std::chrono::steady_clock::now() < deadline) {
+      pollfd p{fd, POLLIN, 0};
+      if (::poll(&p, 1, 100) <= 0) continue;
+      char buf[4096];
+      const ssize_t n = ::read(fd, buf, sizeof buf);
+      if (n <= 0) break;
+      out.events.append(buf, static_cast<size_t>(n));
+    }
+    const std::string quit = "{\"cmd\":\"quit\"}\n";
+    EXPECT_EQ(::write(fd, quit.data(), quit.size()), static_cast<ssize_t>(quit.size()));
+    ::close(fd);
+  }
+  out.result = pier.get();
+  ::unlink(api.c_str());
+  return out;
+}
+
+size_t count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = 0; (at = text.find(what, at)) != std::string::npos; at += what.size()) ++n;
+  return n;
+}
+
+constexpr const char* kHangWarning = "the guest has halted every vCPU with interrupts off";
+
+TEST(BareHalt, EveryVcpuHaltedWithInterruptsOffIsReportedOnce) {
+  PIER_REQUIRE_KVM();
+  for (const auto& [cmdline, cpus] :
+       std::vector<std::pair<std::string, std::string>>{{"", "1"}, {"cpus=2", "2"}, {"", "2"}}) {
+    SCOPED_TRACE("--cmdline '" + cmdline + "' --cpus " + cpus);
+    const HaltRun r = run_halt_guest(cmdline, cpus, std::chrono::seconds(8));
+    EXPECT_TRUE(has_line_starting(r.result.out, "PIER-TEST ARMED halt")) << r.result.describe();
+    EXPECT_EQ(count(r.result.err, kHangWarning), 1u) << r.result.describe();
+    EXPECT_EQ(count(r.events, "\"event\":\"guest-halted\""), 1u) << r.events;
+    EXPECT_EQ(r.result.exit_code, 0) << r.result.describe();
+    EXPECT_NE(r.result.err.find("machine stopped: quit from the API"), std::string::npos)
+        << r.result.describe();
+  }
+}
+
+TEST(BareHalt, HaltedWithInterruptsOnIsNotAHang) {
+  PIER_REQUIRE_KVM();
+  const HaltRun r = run_halt_guest("irqs=on", "1", std::chrono::seconds(6));
+  EXPECT_TRUE(has_line_starting(r.result.out, "PIER-TEST ARMED halt")) << r.result.describe();
+  EXPECT_EQ(r.result.err.find(kHangWarning), std::string::npos) << r.result.describe();
+  EXPECT_EQ(r.events.find("guest-halted"), std::string::npos) << r.events;
+  EXPECT_EQ(r.result.exit_code, 0) << r.result.describe();
 }
 
 TEST(BarePower, SerialToFile) {
@@ -70,6 +160,8 @@ TEST(BarePower, SerialToFile) {
   }
   std::remove(path);
   EXPECT_EQ(r.exit_code, 0) << r.describe();
-  EXPECT_TRUE(has_line_starting(file, "PIER-TEST PASS poweroff_s5")) << "file: " << file << "\n" << r.describe();
-  EXPECT_EQ(r.out.find("PIER-TEST"), std::string::npos) << "guest output leaked to stdout\n" << r.describe();
+  EXPECT_TRUE(has_line_starting(file, "PIER-TEST PASS poweroff_s5")) << "file: " << file << "\n"
+                                                                     << r.describe();
+  EXPECT_EQ(r.out.find("PIER-TEST"), std::string::npos) << "guest output leaked to stdout\n"
+                                                        << r.describe();
 }

@@ -5,6 +5,8 @@
 //   DebianBoot.DefaultGuestAndTwoCpusWithHighMemory  (default ctest run) two boots side by side:
 //       `pier run -- <checks>` exactly as a user runs the default guest, and
 //       `pier run --cpus 2 --memory 5G -- <checks>`.
+//   DebianBoot.EveryLinuxRebootMethodEndsTheRun  one boot per reboot= method (and none, Linux's
+//       own default), each ending in the guest init's `reboot -f`: pier must exit 0.
 //   The other kernels (6.1 generic, 6.12 cloud) and 8 vCPUs: debian_console_test.cpp.
 //
 // Both need the guest next to the pier binary (<pier dir>/guest, built by tools/setup) and
@@ -162,5 +164,42 @@ TEST(DebianBoot, DefaultGuestAndTwoCpusWithHighMemory) {
     const std::string mem = value_of(big.out, "memtotal_kib");
     EXPECT_GT(std::atol(mem.c_str()), 4L << 20) << "MemTotal " << mem << " kB";
     std::cout << "[ figures  ] --cpus 2 --memory 5G: " << figures(big) << "\n";
+  }
+}
+
+// The default guest's init ends with `reboot -f`: with each of Linux's x86 reboot= methods, and
+// with none (Linux then picks EFI on a hardware-reduced ACPI machine, finds no EFI and jumps to
+// the BIOS reset vector), pier must end the run with exit 0. On a kvm_pvm host, where a boot takes
+// minutes, only the default.
+TEST(DebianBoot, EveryLinuxRebootMethodEndsTheRun) {
+  PIER_REQUIRE_KVM();
+  require_guest(guest_dir("guest"), "tools/guest-image");
+  if (testing::Test::IsSkipped()) return;
+  std::vector<std::string> methods = {"", "a", "k", "t", "p", "pci", "efi", "b"};
+  if (pvm_host()) methods.resize(1);
+  for (const std::string& method : methods) {
+    SCOPED_TRACE("reboot=" + (method.empty() ? std::string("(none)") : method));
+    std::string cmdline = "console=ttyS0 panic=-1";
+    if (!method.empty()) cmdline += " reboot=" + method;
+    PierRun run;
+    run.args = {"run", "--log-level", "info", "--cmdline", cmdline, "--", "true"};
+    run.timeout = pvm_host() ? kBootTimeout : std::chrono::milliseconds(180'000);
+    PierResult r = run_pier(run);
+    for (int attempt = 2; attempt <= 3 && in_nested_tcg_host(); ++attempt) {
+      const std::string fault = nested_host_fault(r.out + r.err);
+      // reboot=t ends in a triple fault on purpose: only one before the guest's exit line is a
+      // fault of the nested host.
+      if (fault.empty() || (method == "t" && has_line_starting(r.out, "PIER-EXIT"))) break;
+      std::printf("[  RETRY   ] boot %d in the nested KVM host: %s\n", attempt - 1, fault.c_str());
+      r = run_pier(run);
+    }
+    EXPECT_FALSE(r.timed_out) << r.describe();
+    EXPECT_EQ(r.exit_code, 0) << r.describe();
+    EXPECT_TRUE(has_line_starting(r.out, "PIER-EXIT status=0")) << r.describe();
+    const std::string stopped =
+        method == "t" ? "machine stopped: triple fault" : "machine stopped: guest reset";
+    EXPECT_NE(r.err.find(stopped), std::string::npos) << r.describe();
+    std::cout << "[ figures  ] reboot=" << (method.empty() ? "(none)" : method) << ": pier exit "
+              << r.total_s << " s after exec\n";
   }
 }

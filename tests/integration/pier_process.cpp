@@ -39,7 +39,7 @@ std::string kvm_unavailable_reason() {
 std::string guest_kernel_crash(const std::string& log) {
   static const std::regex crash(
       R"((BUG: [^\r\n]*|Oops[^\r\n]*|general protection fault[^\r\n]*|Kernel panic[^\r\n]*)"
-      R"(|triple fault; the guest cannot continue))");
+      R"(|triple fault: the guest reset itself))");
   std::smatch m;
   return std::regex_search(log, m, crash) ? m[1].str() : "";
 }

@@ -152,6 +152,12 @@ json vm_stopped_json(std::string_view reason, std::chrono::system_clock::time_po
           {"timestamp", timestamp_json(when)}};
 }
 
+json guest_halted_json(std::string_view where, std::chrono::system_clock::time_point when) {
+  return {{"event", "guest-halted"},
+          {"vcpus", std::string(where)},
+          {"timestamp", timestamp_json(when)}};
+}
+
 json RequestHandler::handle_line(std::string_view line) {
   if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
   json request;
@@ -323,6 +329,10 @@ std::string format_event(const json& event) {
   const std::string when = iso_time(event.value("timestamp", json()));
   if (kind == "vm-stopped") {
     return fmt::format("{} vm-stopped ({})\n", when, event.value("reason", ""));
+  }
+  if (kind == "guest-halted") {
+    return fmt::format("{} guest-halted: every vCPU halted with interrupts off ({})\n", when,
+                       event.value("vcpus", ""));
   }
   return fmt::format("{} {} {}\n", when, kind, port_label(event.value("port", json::object())));
 }

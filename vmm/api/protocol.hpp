@@ -53,6 +53,8 @@ json event_json(const virtio::console::PortEvent& event,
                 std::chrono::system_clock::time_point when);
 // {"event": "vm-stopped", "reason": ...}
 json vm_stopped_json(std::string_view reason, std::chrono::system_clock::time_point when);
+// {"event": "guest-halted", "vcpus": "vCPU 0 rip=0x...": the guest can never run again.
+json guest_halted_json(std::string_view where, std::chrono::system_clock::time_point when);
 json error_json(std::string_view message);
 
 class RequestHandler {

@@ -185,6 +185,12 @@ TEST(ApiEvents, EventJsonCarriesKindPortAndTimestamp) {
   const json s = vm_stopped_json("quit", when);
   EXPECT_EQ(s["event"], "vm-stopped");
   EXPECT_NE(format_event(s).find("vm-stopped (quit)"), std::string::npos);
+  const json h = guest_halted_json("vCPU 0 rip=0x200123", when);
+  EXPECT_EQ(h["event"], "guest-halted");
+  EXPECT_EQ(h["vcpus"], "vCPU 0 rip=0x200123");
+  EXPECT_EQ(h["timestamp"]["seconds"], 1234);
+  EXPECT_NE(format_event(h).find("guest-halted: every vCPU halted with interrupts off (vCPU 0"),
+            std::string::npos);
 }
 
 TEST(ApiFormat, HumanReadableResults) {

@@ -45,6 +45,24 @@ TEST(Gdt, BootGdtHasBootSelectorsWhereLinuxExpectsThem) {
   EXPECT_EQ(mem.read_obj<uint64_t>(layout::kBootIdt), 0u);
 }
 
+TEST(BiosResetStub, AtTheResetVectorItWritesTheAcpiResetRegister) {
+  auto mem = GuestMemory::create(64 << 20);
+  write_bios_reset_stub(mem);
+  const auto stub = bios_reset_stub();
+  for (size_t i = 0; i < stub.size(); ++i) {
+    EXPECT_EQ(mem.read_obj<uint8_t>(layout::kBiosResetVector + i), stub[i]) << i;
+  }
+  // mov dx, imm16; mov al, imm8; out dx, al -- with FADT's reset register and value.
+  EXPECT_EQ(stub[0], 0xba);
+  EXPECT_EQ(stub[1] | (stub[2] << 8), layout::kAcpiReset);
+  EXPECT_EQ(stub[3], 0xb0);
+  EXPECT_EQ(stub[4], layout::kAcpiResetValue);
+  EXPECT_EQ(stub[5], 0xee);
+  // F000:FFF0, inside the e820-reserved legacy window, after the ACPI tables' room.
+  EXPECT_EQ(layout::kBiosResetVector, (0xf000u << 4) + 0xfff0u);
+  EXPECT_GE(layout::kBiosResetVector, layout::kAcpiEnd);
+}
+
 TEST(PageTables, IdentityMapOfFourGibWithTwoMibPages) {
   auto mem = GuestMemory::create(64 << 20);
   write_identity_page_tables(mem);

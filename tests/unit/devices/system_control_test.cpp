@@ -41,6 +41,53 @@ TEST(I8042, ResetCommandStopsAndStatusReadsIdle) {
   EXPECT_EQ(seen[0], StopReason::kReset);
 }
 
+// Records what reaches the PCI config side of the 0xCF8 window.
+struct RecordingConfig final : BusDevice {
+  std::vector<std::pair<uint64_t, size_t>> reads, writes;
+  void read(uint64_t offset, std::span<uint8_t> data) override {
+    reads.emplace_back(offset, data.size());
+    std::fill(data.begin(), data.end(), 0xab);
+  }
+  void write(uint64_t offset, std::span<const uint8_t> data) override {
+    writes.emplace_back(offset, data.size());
+  }
+};
+
+TEST(ResetControlPort, LinuxSequenceResetsOnRstCpuAndOtherAccessesReachPciConfig) {
+  std::vector<StopReason> seen;
+  auto config = std::make_shared<RecordingConfig>();
+  ResetControlPort port([&](StopReason r) { seen.push_back(r); }, config);
+  const uint64_t rcr = layout::kResetControl - layout::kPciConfigAddress;
+  ASSERT_EQ(rcr, ResetControlPort::kRegisterOffset);
+  // Linux reboot=p: 0x02 (SYS_RST, no reset yet), then 0x06 (RST_CPU: reset).
+  const uint8_t sys_rst = 0x02, rst_cpu = 0x06;
+  port.write(rcr, std::span(&sys_rst, 1));
+  EXPECT_TRUE(seen.empty());
+  uint8_t value = 0;
+  port.read(rcr, std::span(&value, 1));
+  EXPECT_EQ(value, 0x02);
+  port.write(rcr, std::span(&rst_cpu, 1));
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0], StopReason::kReset);
+  port.read(rcr, std::span(&value, 1));
+  EXPECT_EQ(value & ResetControlPort::kResetCpu, 0);  // self-clearing
+  EXPECT_TRUE(config->writes.empty());
+  // CONFIG_ADDRESS (dword at 0xCF8) and CONFIG_DATA (0xCFC-0xCFF) go to the PCI side, and so
+  // does a wider access that covers 0xCF9.
+  const uint32_t address = 0x8000'0000u;
+  port.write(0, std::span(reinterpret_cast<const uint8_t*>(&address), 4));
+  uint16_t word = 0;
+  port.read(rcr, std::span(reinterpret_cast<uint8_t*>(&word), 2));
+  uint8_t data = 0;
+  port.read(4, std::span(&data, 1));
+  ASSERT_EQ(config->writes.size(), 1u);
+  EXPECT_EQ(config->writes[0], std::make_pair(uint64_t{0}, size_t{4}));
+  ASSERT_EQ(config->reads.size(), 2u);
+  EXPECT_EQ(config->reads[0], std::make_pair(uint64_t{1}, size_t{2}));
+  EXPECT_EQ(config->reads[1], std::make_pair(uint64_t{4}, size_t{1}));
+  EXPECT_EQ(seen.size(), 1u);
+}
+
 TEST(EscapeFilter, QuitSequenceAndLiteralEscape) {
   chardev::EscapeFilter f;
   bool quit = false;
