@@ -79,36 +79,50 @@ bool EventLoop::stopped() const {
 }
 
 void EventLoop::run() {
+  while (!stopped()) dispatch_once(-1);
+}
+
+bool EventLoop::run_until(const std::function<bool()>& done,
+                          std::chrono::steady_clock::time_point deadline) {
+  while (!done()) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) return false;
+    // Rounded up: epoll_wait's millisecond must not wake it just before the deadline.
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - now);
+    dispatch_once(static_cast<int>(std::min<int64_t>(left.count(), 50)));
+  }
+  return true;
+}
+
+void EventLoop::dispatch_once(int timeout_ms) {
   std::array<epoll_event, 32> events;
-  while (true) {
-    std::vector<std::function<void()>> posted;
+  std::vector<std::function<void()>> posted;
+  {
+    std::lock_guard lock(mutex_);
+    posted.swap(posted_);
+  }
+  for (auto& fn : posted) fn();
+
+  const int n =
+      ::epoll_wait(epoll_.get(), events.data(), static_cast<int>(events.size()), timeout_ms);
+  if (n < 0) {
+    if (errno == EINTR) return;
+    throw system_error("epoll_wait");
+  }
+  for (int i = 0; i < n; ++i) {
+    const int fd = events[i].data.fd;
+    if (fd == wake_fd_.get()) {
+      uint64_t value;
+      [[maybe_unused]] ssize_t r = ::read(fd, &value, sizeof(value));
+      continue;
+    }
+    std::shared_ptr<Handler> handler;
     {
       std::lock_guard lock(mutex_);
-      if (stop_) return;
-      posted.swap(posted_);
+      auto it = handlers_.find(fd);
+      if (it != handlers_.end()) handler = it->second;
     }
-    for (auto& fn : posted) fn();
-
-    const int n = ::epoll_wait(epoll_.get(), events.data(), static_cast<int>(events.size()), -1);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw system_error("epoll_wait");
-    }
-    for (int i = 0; i < n; ++i) {
-      const int fd = events[i].data.fd;
-      if (fd == wake_fd_.get()) {
-        uint64_t value;
-        [[maybe_unused]] ssize_t r = ::read(fd, &value, sizeof(value));
-        continue;
-      }
-      std::shared_ptr<Handler> handler;
-      {
-        std::lock_guard lock(mutex_);
-        auto it = handlers_.find(fd);
-        if (it != handlers_.end()) handler = it->second;
-      }
-      if (handler) (*handler)(events[i].events);
-    }
+    if (handler) (*handler)(events[i].events);
   }
 }
 

@@ -3,6 +3,7 @@
 // from any thread (epoll_ctl is thread-safe; handler tables are locked).
 #include <sys/epoll.h>
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -29,11 +30,16 @@ class EventLoop {
 
   // Dispatches events until stop(). Returns after the iteration that saw stop().
   void run();
+  // After run() returned: dispatches events (stop() or not) until done() is true or `deadline`
+  // passes; returns done(). For draining output at exit.
+  bool run_until(const std::function<bool()>& done, std::chrono::steady_clock::time_point deadline);
   void stop();
   bool stopped() const;
 
  private:
   void wake();
+  // One round: posted functions, then one epoll_wait of at most timeout_ms (-1: forever).
+  void dispatch_once(int timeout_ms);
 
   UniqueFd epoll_;
   UniqueFd wake_fd_;

@@ -729,6 +729,35 @@ void Machine::start_api() {
   });
 }
 
+uint64_t Machine::undelivered_output_bytes() const {
+  uint64_t bytes = serial_pump_->pending_bytes();
+  if (console_ != nullptr) {
+    for (const auto& port : console_->port_stats()) {
+      // Only where a client is attached: a port nobody reads keeps its ring for nobody.
+      if (port.host_connected) bytes += port.bytes_buffered;
+    }
+  }
+  return bytes;
+}
+
+void Machine::drain_guest_output() {
+  // The guest is stopped, but the serial output behind a slow terminal or pipe and the console
+  // bytes a connected client has not taken yet are still the guest's output: the loop keeps
+  // writing them (EPOLLOUT) until none is left, kDrainTimeout passes, or a second signal.
+  if (undelivered_output_bytes() == 0) return;
+  log::info("stopping ({}): delivering {} bytes of guest output first", to_string(stop_reason_),
+            undelivered_output_bytes());
+  const bool drained =
+      loop_.run_until([this] { return drain_abandoned_ || undelivered_output_bytes() == 0; },
+                      std::chrono::steady_clock::now() + kDrainTimeout);
+  if (const uint64_t left = undelivered_output_bytes(); !drained || left != 0) {
+    log::warn(
+        "{} bytes of guest output were not delivered: {} (serial: a terminal or pipe that is "
+        "not read; ports: a client that does not read)",
+        left, drain_abandoned_ ? "a second signal ended the wait" : "nobody took them in 5 s");
+  }
+}
+
 void Machine::log_memory_footprint() const {
   if (!log::enabled(log::Level::kInfo)) return;
   // Guest RAM is anonymous memory; shared-library pages are file-backed and shared with every
@@ -765,6 +794,11 @@ int Machine::run() {
         update_console_sizes();  // the terminal was resized: tell the guest's hvc (RESIZE)
         continue;
       }
+      if (stopping_) {
+        // A second signal while pier waits for output to drain: the user wants out now.
+        drain_abandoned_ = true;
+        continue;
+      }
       log::warn("terminating on signal {}", info.ssi_signo);
       request_stop(StopReason::kSignal);
     }
@@ -789,6 +823,7 @@ int Machine::run() {
   kick_vcpus();
   for (auto& t : threads_) t.join();
   threads_.clear();
+  drain_guest_output();
   loop_.remove(signal_fd.get());
   loop_.remove(hang_timer.get());
 

@@ -102,6 +102,11 @@ class Machine {
   void log_memory_footprint() const;
   void update_console_sizes();
   void start_api();
+  // After the vCPUs stopped: what the guest wrote and pier still holds goes out first.
+  void drain_guest_output();
+  uint64_t undelivered_output_bytes() const;
+  static constexpr std::chrono::seconds kDrainTimeout{5};
+  bool drain_abandoned_ = false;  // a second signal during the drain: exit now
 
   class ApiTarget;
   friend class ApiTarget;

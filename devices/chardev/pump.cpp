@@ -76,6 +76,11 @@ void Pump::on_output_ready() {
   if (notify) notify();
 }
 
+size_t Pump::pending_bytes() const {
+  std::lock_guard lock(mutex_);
+  return out_.size();
+}
+
 bool Pump::has_space() const {
   std::lock_guard lock(mutex_);
   return out_.size() < soft_limit_;

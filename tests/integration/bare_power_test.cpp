@@ -1,12 +1,16 @@
 // The ways a guest ends the VM: ACPI S5 power-off, and every reset path Linux tries (ACPI reset
 // register, i8042, 0xCF9, triple fault), from the BSP or from an AP while the BSP runs: all exit
 // 0, and pier's stop line names the reason.
+#include <fcntl.h>
 #include <poll.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <future>
 #include <string>
 
@@ -142,6 +146,71 @@ TEST(BareHalt, HaltedWithInterruptsOnIsNotAHang) {
   EXPECT_EQ(r.result.err.find(kHangWarning), std::string::npos) << r.result.describe();
   EXPECT_EQ(r.events.find("guest-halted"), std::string::npos) << r.events;
   EXPECT_EQ(r.result.exit_code, 0) << r.result.describe();
+}
+
+// The guest writes 100 KiB to COM1 and powers off while pier's stdout (a pipe) is not read: the
+// pipe takes 64 KiB, pier holds the rest. It must still all come out, after the stop.
+TEST(BarePower, SerialOutputHeldAtPowerOffIsDeliveredBeforeExit) {
+  PIER_REQUIRE_KVM();
+  int out[2], err[2];
+  ASSERT_EQ(::pipe2(out, O_CLOEXEC), 0);
+  ASSERT_EQ(::pipe2(err, O_CLOEXEC), 0);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+  posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  std::vector<std::string> args{
+      pier_binary(), "run",          "--kernel",    bare_guest("serial_flood"),
+      "--cmdline",   "bytes=102400", "--log-level", "info"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  ASSERT_EQ(posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ), 0);
+  posix_spawn_file_actions_destroy(&fa);
+  ::close(out[1]);
+  ::close(err[1]);
+  // stderr only, until pier says it is delivering held output (stdout stays unread meanwhile).
+  std::string errors, output;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  char buf[65536];
+  while (errors.find("delivering") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    pollfd p{err[0], POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0) continue;
+    const ssize_t n = ::read(err[0], buf, sizeof buf);
+    if (n <= 0) break;
+    errors.append(buf, static_cast<size_t>(n));
+  }
+  EXPECT_NE(errors.find("stopping (guest powered off): delivering"), std::string::npos) << errors;
+  for (ssize_t n; (n = ::read(out[0], buf, sizeof buf)) > 0;)
+    output.append(buf, static_cast<size_t>(n));
+  for (ssize_t n; (n = ::read(err[0], buf, sizeof buf)) > 0;)
+    errors.append(buf, static_cast<size_t>(n));
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ::close(out[0]);
+  ::close(err[0]);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << errors;
+  const std::string end = line_after(output, "flood-end ");
+  ASSERT_FALSE(end.empty()) << "the last line is missing: " << output.size() << " bytes\n"
+                            << errors;
+  // Every flood line arrived, in order and whole.
+  size_t flood_bytes = 0, lines = 0;
+  for (size_t at = 0; (at = output.find("flood ", at)) != std::string::npos;) {
+    const size_t eol = output.find('\n', at);
+    ASSERT_NE(eol, std::string::npos);
+    char expected[32];
+    std::snprintf(expected, sizeof expected, "flood %08zu ", lines);
+    ASSERT_EQ(output.compare(at, std::strlen(expected), expected), 0) << "line " << lines;
+    // The guest counted "...\n"; the serial console writes "\r\n".
+    flood_bytes += eol + 1 - at - (output[eol - 1] == '\r' ? 1 : 0);
+    ++lines;
+    at = eol + 1;
+  }
+  EXPECT_EQ(std::to_string(flood_bytes), end);
+  EXPECT_EQ(errors.find("not delivered"), std::string::npos) << errors;
 }
 
 TEST(BarePower, SerialToFile) {
