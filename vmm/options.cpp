@@ -235,6 +235,20 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
     po::store(po::command_line_parser(own).options(desc).run(), vm);
     if (vm.count("config")) {
       const std::string path = vm["config"].as<std::string>();
+      // A config file is a few lines: refuse what is not a regular file or is too big to be one
+      // (--config /dev/zero must not read forever).
+      std::error_code ec;
+      const auto status = std::filesystem::status(path, ec);
+      if (ec || !std::filesystem::exists(status)) {
+        throw Error(fmt::format("cannot read --config file '{}': no such file", path));
+      }
+      if (!std::filesystem::is_regular_file(status)) {
+        throw Error(fmt::format("--config '{}' is not a regular file", path));
+      }
+      constexpr uintmax_t kMaxConfigBytes = 1 << 20;
+      if (std::filesystem::file_size(path, ec) > kMaxConfigBytes || ec) {
+        throw Error(fmt::format("--config file '{}' is larger than 1 MiB", path));
+      }
       std::ifstream file(path);
       if (!file) throw Error(fmt::format("cannot read --config file '{}'", path));
       po::parsed_options parsed = po::parse_config_file(file, desc);

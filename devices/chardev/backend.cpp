@@ -137,7 +137,8 @@ class NullBackend final : public Backend {
 class FileBackend final : public Backend {
  public:
   explicit FileBackend(std::string path) : path_(std::move(path)) {
-    fd_.reset(::open(path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK, 0644));
+    // 0600: console output often holds what a root shell printed; widen it with chmod if wanted.
+    fd_.reset(::open(path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK, 0600));
     if (!fd_) throw system_error(fmt::format("cannot open output file {}", path_));
   }
   size_t write(std::span<const uint8_t> data) override {

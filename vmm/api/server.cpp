@@ -42,6 +42,7 @@ Server::Server(EventLoop& loop, std::string path, Target& target, ServerLimits l
     : loop_(loop), path_(std::move(path)), handler_(target), limits_(limits) {}
 
 Server::~Server() {
+  accept_backoff_.stop();
   for (auto& [fd, client] : clients_) loop_.remove(fd);
   clients_.clear();
   if (listen_fd_) loop_.remove(listen_fd_.get());
@@ -89,6 +90,8 @@ void Server::start() {
     throw system_error(fmt::format("cannot listen on --api-socket {}", path_), err);
   }
   listen_fd_ = std::move(fd);
+  // Created now: once accept() fails with EMFILE, a new timerfd could not be made either.
+  accept_backoff_.start(loop_, [this] { loop_.modify(listen_fd_.get(), EPOLLIN); });
   loop_.add(listen_fd_.get(), EPOLLIN, [this](uint32_t) { on_accept(); });
   log::info("api: listening on {}", path_);
 }
@@ -108,8 +111,16 @@ void Server::on_accept() {
     UniqueFd fd(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
     if (!fd) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno != EAGAIN && errno != EWOULDBLOCK)
-        log::warn("api: accept: {}", std::strerror(errno));
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      // EMFILE, ENFILE, ENOBUFS, ENOMEM: the connection stays pending. Try again in a second,
+      // logging once, instead of spinning on a listener that stays readable.
+      static log::OnceFlag once;
+      if (once.first()) {
+        log::warn("api: accept: {} (new API clients wait; retrying every second)",
+                  std::strerror(errno));
+      }
+      loop_.modify(listen_fd_.get(), 0);
+      accept_backoff_.arm(std::chrono::seconds(1));
       return;
     }
     if (clients_.size() >= limits_.max_clients) {

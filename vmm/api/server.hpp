@@ -20,6 +20,7 @@
 #include <string>
 #include <string_view>
 
+#include "devices/chardev/stream_port.hpp"
 #include "vmm/api/protocol.hpp"
 #include "vmm/event_loop.hpp"
 #include "vmm/fd.hpp"
@@ -88,6 +89,9 @@ class Server {
   bool owns_file_ = false;
   struct stat created_ {};
   std::map<int, std::unique_ptr<Client>> clients_;
+  // accept() out of descriptors (EMFILE/ENFILE) leaves the connection pending and the listener
+  // readable: stop watching it for a while instead of spinning (and logging) on it.
+  chardev::PortTimer accept_backoff_;
   int serving_fd_ = -1;  // the client whose handler is running
   uint64_t next_serial_ = 1;
 };

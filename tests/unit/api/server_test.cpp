@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -358,6 +359,42 @@ TEST(ApiServer, StaleSocketIsReplacedLiveOneIsAnError) {
   EXPECT_NE(::stat(path.c_str(), &st), 0);  // removed
   Server c(loop, "/nonexistent-dir/x.sock", target);
   EXPECT_THROW(c.start(), Error);
+}
+
+}  // namespace
+}  // namespace pier::api
+
+namespace pier::api {
+namespace {
+
+double process_cpu_seconds() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
+
+// Out of descriptors, accept() fails and the connection stays pending: the server must back off
+// (not spin on the readable listener), and serve the client once descriptors are back.
+TEST_F(ServerFixture, AcceptOutOfDescriptorsBacksOffAndRecovers) {
+  rlimit saved{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
+  Client c(path);  // connected (pending in the backlog) before the limit drops
+  ASSERT_TRUE(c.connected());
+  const int lowest_free = ::dup(0);
+  ASSERT_GE(lowest_free, 0);
+  ::close(lowest_free);
+  rlimit low = saved;
+  low.rlim_cur = static_cast<rlim_t>(lowest_free);  // no new descriptor at all
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+  const double cpu0 = process_cpu_seconds();
+  std::this_thread::sleep_for(1500ms);
+  const double cpu = process_cpu_seconds() - cpu0;
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &saved), 0);
+  EXPECT_LT(cpu, 0.3) << "the loop spun on the readable listener";
+  ASSERT_TRUE(c.send("{\"cmd\":\"vm-status\"}\n"));
+  const json r = c.response(5000ms);
+  EXPECT_TRUE(r.value("ok", false)) << r.dump();
 }
 
 }  // namespace

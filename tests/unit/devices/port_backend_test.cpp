@@ -3,6 +3,8 @@
 
 #include <fcntl.h>
 #include <gmock/gmock.h>
+#include <sys/stat.h>
+
 #include <gtest/gtest.h>
 
 #include <fmt/format.h>
@@ -285,6 +287,17 @@ TEST(FilePort, AppendsAndIsAlwaysConnected) {
   h.destroy();
   EXPECT_EQ(slurp(path), "old\nnewer\n");
   EXPECT_TRUE(h.recorder.events().empty()) << "no connect events for an always-connected port";
+}
+
+TEST(FilePort, ANewFileIsReadableByItsOwnerOnly) {
+  TempDir dir;
+  const std::string path = dir.file("new.log");
+  Harness h(make_port_backend(parse_port_backend("file=" + path)));
+  h.start();
+  h.destroy();
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u) << "console output can hold a root shell's secrets";
 }
 
 TEST(FilePort, UnwritablePathIsASetupError) {

@@ -157,8 +157,8 @@ TEST(ConfigFile, EquivalentToFlags) {
   const auto from_file = parse_run_options({"--config", conf.path});
   const auto from_flags = parse_run_options(
       {"--kernel", "/k", "--memory", "1G", "--cpus", "2", "--console", "socket=/tmp/c.sock",
-       "--port", "name=org.a,socket=/tmp/a.sock", "--port", "name=org.b,pty,console",
-       "--max-ports", "8", "--api-socket", "/tmp/api.sock", "--rng", "false"});
+       "--port", "name=org.a,socket=/tmp/a.sock", "--port", "name=org.b,pty,console", "--max-ports",
+       "8", "--api-socket", "/tmp/api.sock", "--rng", "false"});
   for (const auto* o : {&from_file, &from_flags}) {
     EXPECT_EQ(o->machine.kernel_path, "/k");
     EXPECT_EQ(o->machine.memory_bytes, 1ull << 30);
@@ -200,6 +200,25 @@ TEST(ConfigFile, ErrorsNameTheFile) {
   EXPECT_THROW(parse_run_options({"--config", "/nonexistent/vm.conf"}), Error);
   ConfigFile bad_port("kernel = /k\nport = name=x\n");
   EXPECT_THROW(parse_run_options({"--config", bad_port.path}), Error);
+}
+
+TEST(ConfigFile, OnlyARegularFileOfAtMostOneMebibyte) {
+  // /dev/zero would be read forever; a directory or a fifo is not a config file either.
+  for (const char* not_a_file : {"/dev/zero", "/tmp"}) {
+    try {
+      parse_run_options({"--config", not_a_file});
+      FAIL() << not_a_file << " must be refused";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("not a regular file"), std::string::npos) << e.what();
+    }
+  }
+  ConfigFile big(std::string(1 << 20, '#') + "\n");
+  try {
+    parse_run_options({"--config", big.path});
+    FAIL() << "a config file over 1 MiB must be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("larger than 1 MiB"), std::string::npos) << e.what();
+  }
 }
 
 TEST(RunOptions, ApiSocketImpliesTheConsoleDevice) {
