@@ -75,7 +75,8 @@ std::string bare_guest(const std::string& name) {
 std::string PierResult::describe() const {
   std::ostringstream s;
   s << "exit_code=" << exit_code << " signal=" << term_signal << (timed_out ? " TIMED OUT" : "")
-    << " first_output=" << first_output_s << "s total=" << total_s << "s\n--- stdout ---\n"
+    << (cancelled ? " CANCELLED" : "") << " first_output=" << first_output_s
+    << "s total=" << total_s << "s\n--- stdout ---\n"
     << out << "\n--- stderr ---\n"
     << err << "\n---";
   return s.str();
@@ -139,6 +140,11 @@ PierResult run_pier(const PierRun& run) {
       deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
       continue;
     }
+    if (run.cancel && run.cancel->load()) {
+      r.cancelled = true;
+      kill(pid, SIGKILL);
+      break;
+    }
     pollfd fds[3] = {{out_open ? out[0] : -1, POLLIN, 0},
                      {err_open ? err[0] : -1, POLLIN, 0},
                      {!pending.empty() ? stdin_fd : -1, POLLOUT, 0}};
@@ -151,6 +157,7 @@ PierResult run_pier(const PierRun& run) {
       if (k > 0) {
         if (i == 0 && r.first_output_s < 0) r.first_output_s = seconds_since(t0);
         (i == 0 ? r.out : r.err).append(buf, static_cast<size_t>(k));
+        if (i == 0 && run.on_stdout) run.on_stdout(std::string_view(buf, static_cast<size_t>(k)));
       } else if (k == 0 || (errno != EAGAIN && errno != EINTR)) {
         (i == 0 ? out_open : err_open) = false;
       }
@@ -179,6 +186,9 @@ PierResult run_pier(const PierRun& run) {
           if (k > 0) {
             if (j == 0 && r.first_output_s < 0) r.first_output_s = seconds_since(t0);
             (j == 0 ? r.out : r.err).append(buf, static_cast<size_t>(k));
+            if (j == 0 && run.on_stdout) {
+              run.on_stdout(std::string_view(buf, static_cast<size_t>(k)));
+            }
           } else {
             (j == 0 ? out_open : err_open) = false;
           }
@@ -240,6 +250,9 @@ std::string line_after(const std::string& out, const std::string& prefix) {
 ::testing::AssertionResult guest_passed(const PierResult& r, const std::string& name) {
   const std::string pass = "PIER-TEST PASS " + name;
   if (r.timed_out) return ::testing::AssertionFailure() << "pier timed out\n" << r.describe();
+  if (r.cancelled) {
+    return ::testing::AssertionFailure() << "pier was stopped by the test\n" << r.describe();
+  }
   if (has_line_starting(r.out, "PIER-TEST FAIL"))
     return ::testing::AssertionFailure()
            << "guest reported: " << line_after(r.out, "PIER-TEST FAIL") << "\n"

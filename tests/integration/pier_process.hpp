@@ -3,8 +3,12 @@
 // optional line fed to its stdin (optionally only once a marker appeared on its stdout), a
 // timeout (then SIGKILL), captured stdout/stderr, the exit status, and wall times from exec to
 // the first stdout byte and to exit.
+#include <atomic>
 #include <chrono>
+#include <functional>
+#include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -16,12 +20,18 @@ struct PierRun {
   std::string stdin_data;         // written to pier's stdin (a pipe that stays open until exit)
   std::string stdin_after;        // if set: write stdin_data only once this appears on stdout
   std::chrono::milliseconds timeout{60000};
+  // Called on run_pier's thread with each piece of pier's stdout as it arrives (the guest's
+  // serial output, live), besides collecting it in PierResult::out.
+  std::function<void(std::string_view)> on_stdout;
+  // Once this is set and true, run_pier kills pier (SIGKILL) within 100 ms (PierResult::cancelled).
+  std::shared_ptr<std::atomic<bool>> cancel;
 };
 
 struct PierResult {
   int exit_code = -1;  // exit status; -1 if killed by a signal (see term_signal)
   int term_signal = 0;
   bool timed_out = false;  // killed by us after PierRun::timeout
+  bool cancelled = false;  // killed by us through PierRun::cancel
   std::string out, err;
   double first_output_s = -1;    // exec -> first byte on stdout (-1: none)
   double total_s = 0;            // exec -> exit
