@@ -432,6 +432,29 @@ class BareConsole : public ::testing::Test {
     };
 
     const auto t0 = Clock::now();
+    // A watchdog on stderr (its own channel): while this run is not over it prints, every 60 s,
+    // what the watcher is doing and the host side's counters, so a run that hangs outside the
+    // watcher's bounded waits still says where (a nested host run once went silent here).
+    std::atomic<const char*> phase{"watching the streams"};
+    std::atomic<bool> over{false};
+    std::thread watchdog([&] {
+      auto next = Clock::now() + 60s;
+      while (!over) {
+        std::this_thread::sleep_for(200ms);
+        if (Clock::now() < next) continue;
+        next += 60s;
+        std::string ports;
+        for (const PortLive& l : live) {
+          ports += " " + std::to_string(l.sent.load()) + "/" + std::to_string(l.received.load());
+        }
+        std::fprintf(stderr,
+                     "[ WATCHDOG ] %.0f s: %s; moved %llu; sent/received per port:%s; pier %s\n",
+                     std::chrono::duration<double>(Clock::now() - t0).count(), phase.load(),
+                     static_cast<unsigned long long>(watch.moved.load()), ports.c_str(),
+                     ready(pier) ? "exited" : "running");
+        std::fflush(stderr);
+      }
+    });
     auto last_move = t0;
     uint64_t last_moved = 0;
     bool any_moved = false, end_sent = false, totals_known = false;
@@ -501,7 +524,9 @@ class BareConsole : public ::testing::Test {
     }
     Outcome o;
     o.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    phase = "the host side is done; waiting for pier's exit";
     if (!failure.empty()) {
+      phase = "stopped the streams; waiting for the guest's report and pier's exit";
       watch.stop = true;
       // The guest's stall budget is 15 s longer: give it the time to report its own side (its
       // virtqueues) and power off; then end pier.
@@ -512,9 +537,13 @@ class BareConsole : public ::testing::Test {
       failure = diagnose("the host side is done but pier has not exited 120 s later");
       *run.cancel = true;
     }
+    phase = "collecting pier's result (run_pier)";
     o.pier = pier.get();
     watch.release = true;
+    phase = "collecting the port threads";
     for (auto& f : traffic) o.traffic.push_back(f.get());
+    over = true;
+    watchdog.join();
     if (console_fd >= 0) ::close(console_fd);
     // The guest's own report of a stall (its checks, ports and virtqueues) is in pier's output,
     // which the caller's guest_passed() check prints.
