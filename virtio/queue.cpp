@@ -72,6 +72,9 @@ std::string_view to_string(QueueError error) {
       return "descriptor chain longer than 4 GiB";
     case QueueError::kReadableAfterWritable:
       return "device-readable descriptor after a writable one";
+    case QueueError::kTooManyInFlight:
+      return "more buffers in flight than the queue size (a head made available again before "
+             "it was used)";
   }
   return "unknown queue error";
 }
@@ -191,6 +194,10 @@ std::string Queue::describe_fault() const {
     case QueueError::kHeadOutOfRange:
       what = fmt::format(": head {} in slot {} (size {})", f.index, f.addr, size_);
       break;
+    case QueueError::kTooManyInFlight:
+      what = fmt::format(": head {} in slot {} with {} chains already in flight (size {})", f.index,
+                         f.addr, f.len, size_);
+      break;
     default:
       what = fmt::format(": descriptor {} addr {:#x} len {}", f.index, f.addr, f.len);
       break;
@@ -249,6 +256,14 @@ std::optional<Chain> Queue::pop() {
       field<uint16_t>(avail_, kRingEntries + 2ull * slot).load(std::memory_order_relaxed);
   if (head >= size_) {
     fail(QueueError::kHeadOutOfRange, head, slot);
+    return std::nullopt;
+  }
+  // Every chain in flight holds at least one descriptor of the table until the device uses it,
+  // so a driver can never have more than size_ of them. One more means a head made available
+  // again while the device still holds it: a guest that does so in a loop would make the device
+  // hold chains (and whatever it keeps per chain) without limit.
+  if (in_flight() >= size_) {
+    fail(QueueError::kTooManyInFlight, head, slot, in_flight());
     return std::nullopt;
   }
   // Built in place in the optional that is returned (no move of the segment list).

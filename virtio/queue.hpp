@@ -99,6 +99,7 @@ enum class QueueError : uint8_t {
   kIndirectOutOfRange,     // an indirect table not inside one guest RAM region
   kLengthOverflow,         // chain's total length above UINT32_MAX
   kReadableAfterWritable,  // a device-readable descriptor after a device-writable one
+  kTooManyInFlight,        // more chains popped and not yet used than the queue size
 };
 std::string_view to_string(QueueError error);
 
@@ -197,6 +198,9 @@ class Queue {
   // Driver-visible counters, for tests and debugging.
   uint16_t last_avail_idx() const { return last_avail_; }
   uint16_t used_idx() const { return used_idx_; }
+  // Chains popped and not yet pushed back. Never more than size(): pop() puts the queue in its
+  // error state (kTooManyInFlight) rather than hand out one more.
+  uint16_t in_flight() const { return static_cast<uint16_t>(last_avail_ - used_idx_); }
 
  private:
   struct Descriptor {

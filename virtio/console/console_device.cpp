@@ -15,6 +15,13 @@ namespace {
 constexpr size_t kRxBatch = 16;
 // Segments per readv/writev (well under IOV_MAX).
 constexpr size_t kMaxIov = 64;
+// Work per queue per run (one notification, one backend event or one continuation): at most
+// this many chains, and on the receive path this many bytes. A guest that keeps advancing
+// avail.idx, or a host peer that never stops sending, would otherwise keep the single I/O
+// thread in one loop while the API, the other ports, the serial console and SIGTERM wait. The
+// rest runs in a continuation posted behind the events waiting meanwhile (continue_later).
+constexpr size_t kChainsPerRun = 256;
+constexpr size_t kRxBytesPerRun = 1 << 20;
 
 void check_queue_size(uint16_t size, const char* what) {
   if (size < 2 || !std::has_single_bit(size)) {
@@ -155,6 +162,7 @@ ConsoleDevice::ConsoleDevice(EventLoop& loop, ConsoleOptions options, std::vecto
                     ports.size(), options_.max_ports, kMaxPortsLimit));
   }
   slots_.resize(options_.max_ports);
+  continuation_posted_.assign(num_queues(), 0);
   scratch_iov_.reserve(kMaxIov);
   // Explicit ids first, so an automatic id never takes one that is asked for later.
   std::stable_partition(ports.begin(), ports.end(),
@@ -281,6 +289,8 @@ std::string_view to_string(FlowWait wait) {
       return "host_disconnected";
     case FlowWait::kNoDriver:
       return "no_driver";
+    case FlowWait::kYielded:
+      return "yielded";
   }
   return "?";
 }
@@ -459,6 +469,21 @@ void ConsoleDevice::drop_guest_state(Port& p) {
 
 void ConsoleDevice::queue_notify(uint16_t index) {
   Dispatch d(*this);
+  run_queue(index);
+}
+
+void ConsoleDevice::continue_later(uint16_t index) {
+  if (index >= continuation_posted_.size() || continuation_posted_[index]) return;
+  continuation_posted_[index] = 1;
+  loop_.post([this, index, alive = std::weak_ptr<int>(alive_)] {
+    if (alive.expired()) return;
+    Dispatch d(*this);
+    continuation_posted_[index] = 0;
+    run_queue(index);  // after a reset in between: a spurious notification, which is harmless
+  });
+}
+
+void ConsoleDevice::run_queue(uint16_t index) {
   if (!active_) return;
   if (index == kControlRxQueue) {
     if (multiport_) deliver_control();
@@ -604,7 +629,15 @@ void ConsoleDevice::pump_rx(Port& p) {
     return;
   }
   bool pushed = false;
+  size_t moved = 0;  // this run's bytes, for kRxBytesPerRun
   for (;;) {
+    if (moved >= kRxBytesPerRun) {
+      // Budget spent with the backend still readable: the continuation restarts it.
+      p.rx_wait = FlowWait::kYielded;
+      set_want_input(p, false);
+      continue_later(rx_queue(p.id));
+      break;
+    }
     while (slot.rx_held.size() < kRxBatch) {
       // While it holds buffers the device is woken by the backend (EPOLLIN) and tops up from
       // the ring then, so the driver need not kick: each kick is an exit (on kvm_pvm it costs
@@ -656,6 +689,7 @@ void ConsoleDevice::pump_rx(Port& p) {
     }
     size_t left = static_cast<size_t>(n);
     p.bytes_to_guest += left;
+    moved += left;
     while (left > 0) {
       Chain& front = slot.rx_held.front();
       const size_t take = std::min(left, front.writable_length());
@@ -678,7 +712,11 @@ void ConsoleDevice::pump_rx(Port& p) {
 
 void ConsoleDevice::console_tx(Port& p, Queue& q) {
   bool pushed = false;
-  while (auto chain = q.pop()) {
+  size_t chains = 0;
+  while (chains < kChainsPerRun) {
+    auto chain = q.pop();
+    if (!chain) break;
+    ++chains;
     const size_t len = chain->readable_length();
     p.bytes_from_guest += len;
     size_t done = 0;
@@ -715,6 +753,11 @@ void ConsoleDevice::console_tx(Port& p, Queue& q) {
     set_want_output(p, p.host_connected);
   } else {
     p.tx_wait = FlowWait::kMoving;
+  }
+  if (chains == kChainsPerRun) {
+    // The rest after the events that waited meanwhile.
+    continue_later(q.index());
+    if (p.ring.empty()) p.tx_wait = FlowWait::kYielded;
   }
 }
 
@@ -758,7 +801,11 @@ void ConsoleDevice::orphan_tx(Queue& q) {
   // writing, or never configured) or that the guest has not taken yet: completed so the guest
   // can free them (or stop spinning), bytes discarded.
   bool pushed = false;
-  while (auto chain = q.pop()) {
+  size_t chains = 0;
+  while (chains < kChainsPerRun) {
+    auto chain = q.pop();
+    if (!chain) break;
+    ++chains;
     stats_.orphan_tx_bytes += chain->readable_length();
     if (orphan_tx_logged_.first()) {
       log::warn(
@@ -769,6 +816,7 @@ void ConsoleDevice::orphan_tx(Queue& q) {
     pushed |= q.push(std::move(*chain), 0);
   }
   if (pushed) signal(q);
+  if (chains == kChainsPerRun) continue_later(q.index());
 }
 
 // Every return below records (tx_wait) the one event that calls flush_out again.
@@ -874,7 +922,11 @@ void ConsoleDevice::control_tx() {
   Queue* q = ready_queue(kControlTxQueue);
   if (q == nullptr) return;
   bool pushed = false;
-  while (auto chain = q->pop()) {
+  size_t chains = 0;
+  while (chains < kChainsPerRun) {
+    auto chain = q->pop();
+    if (!chain) break;
+    ++chains;
     std::array<uint8_t, kControlHeaderSize> bytes{};
     const size_t n = chain->copy_from(0, bytes);
     // At once, before acting on it: __send_control_msg() spins until the buffer is used.
@@ -883,6 +935,7 @@ void ConsoleDevice::control_tx() {
     handle_driver_message(std::span(bytes.data(), n));
   }
   if (pushed) signal(*q);
+  if (chains == kChainsPerRun) continue_later(kControlTxQueue);
   deliver_control();
 }
 

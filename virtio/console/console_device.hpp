@@ -41,7 +41,10 @@
 //  - Backends may call their Listener synchronously from inside readv/writev/want_*/start (e.g.
 //    on_host_connected(false) from a readv that saw the peer go away). Such re-entrant
 //    callbacks are queued and handled when the outer call returns, still under the lock.
-//  - Nothing blocks: backends are non-blocking, the lock is held only for bounded work.
+//  - Nothing blocks: backends are non-blocking, the lock is held only for bounded work: one
+//    entry point takes at most 256 chains per queue (1 MiB on a receive path) and posts a
+//    continuation for the rest (FlowWait::kYielded), and the chains held per queue never
+//    exceed its size (Queue::pop refuses more: a guest re-posting a held head).
 //  - stats() may be called from any thread.
 //  - The PortEventObserver (set_observer) is called on the I/O thread, never under the device
 //    lock: events are queued under the lock (also by activate()/reset() on vCPU threads) and
@@ -124,6 +127,10 @@ enum class FlowWait : uint8_t {
   // Either way: no usable queue (driver not started, reset, queue failed): DRIVER_OK and the
   // driver's first kick restart it.
   kNoDriver,
+  // Either way: this run's work budget was spent with more to do; a continuation posted to the
+  // I/O loop restarts it after the events that were waiting meanwhile (other ports, the API,
+  // signals), so one busy queue cannot hold the I/O thread.
+  kYielded,
 };
 std::string_view to_string(FlowWait wait);
 
@@ -279,6 +286,10 @@ class ConsoleDevice final : public Device {
   void set_want_output(Port& p, bool on);
   void host_changed(Port& p, bool connected);
   void signal(Queue& q);
+  // The body of queue_notify (lock held).
+  void run_queue(uint16_t index);
+  // Posts one continuation of run_queue(index) to the I/O loop (at most one per queue).
+  void continue_later(uint16_t index);
 
   // Control path.
   void control_tx();
@@ -325,6 +336,7 @@ class ConsoleDevice final : public Device {
   std::deque<ControlMessage> control_pending_;
   std::vector<Chain> control_rx_unusable_;  // control-rx buffers < 8 bytes (until reset)
   bool emergency_flush_posted_ = false;
+  std::vector<uint8_t> continuation_posted_;  // per queue index: continue_later() is pending
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // for posted closures
 
   std::vector<iovec> scratch_iov_;  // gather list for readv/writev

@@ -2,7 +2,8 @@
 // A FIFO of move-only values in one growable circular array: the console device keeps popped
 // chains in these (held tx chains with their offsets, unfilled rx buffers). Unlike std::deque it
 // allocates only when it grows past its largest size so far, so the steady-state hot path
-// allocates nothing. Its size is bounded by the owner (never more than a queue's size).
+// allocates nothing. Its size is bounded by the queue the chains came from: Queue::pop() hands
+// out at most the queue's size in chains not yet pushed back (kTooManyInFlight).
 #include <cstddef>
 #include <utility>
 #include <vector>

@@ -34,8 +34,7 @@ struct ConsoleHarness {
       : options(options), linux_options(linux_options) {}
 
   // Configures a port (before start()); returns its backend's state.
-  std::shared_ptr<BackendState> port(std::string name, bool console = false,
-                                     bool connected = true,
+  std::shared_ptr<BackendState> port(std::string name, bool console = false, bool connected = true,
                                      std::optional<uint32_t> id = std::nullopt) {
     auto [backend, state] = make_fake_backend(connected);
     PortConfig c;
@@ -91,10 +90,13 @@ struct ConsoleHarness {
     }
     ADD_FAILURE() << "control queue never drained";
   }
-  // Runs whatever the device posted to the I/O loop (emergency-write flushes).
+  // Runs whatever the device posted to the I/O loop (emergency-write flushes, continuations of
+  // work that used up its budget): one round of the loop, as often as the test calls it.
   void run_posted() {
-    loop.post([this] { loop.stop(); });
-    loop.run();
+    bool done = false;
+    loop.post([&done] { done = true; });
+    loop.run_until([&done] { return done; },
+                   std::chrono::steady_clock::now() + std::chrono::seconds(5));
   }
 
   ConsoleOptions options;

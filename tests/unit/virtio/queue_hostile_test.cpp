@@ -455,5 +455,48 @@ TEST(VirtioQueueHostile, ErrorWithoutAHandlerIsStillAnError) {
             "virtqueue 3: avail ring entry is not a descriptor index: head 40 in slot 0 (size 16)");
 }
 
+TEST(VirtioQueueHostile, HeadMadeAvailableAgainWhileHeldFailsAtSizeInFlight) {
+  // The same one-descriptor head exposed over and over while the device keeps every chain it
+  // popped (a transmit queue with no client reading): a driver cannot have more than `size`
+  // chains outstanding, so the ninth pop on an 8-entry queue is the error, not one more chain.
+  QueueFixture f(8, kAllFeatures, 64 << 20, 8);
+  ASSERT_TRUE(f.activate());
+  f.driver.write_descriptor(0, {buffer(f), 16, 0, 0});
+  std::vector<Chain> held;
+  for (int i = 0; i < 8; ++i) {
+    f.driver.expose_raw(0);
+    auto chain = f.queue.pop();
+    ASSERT_TRUE(chain) << i << ": " << f.queue.describe_fault();
+    held.push_back(std::move(*chain));
+  }
+  EXPECT_EQ(f.queue.in_flight(), 8);
+  f.driver.expose_raw(0);
+  expect_error_then_recovery(f, QueueError::kTooManyInFlight);
+  EXPECT_NE(f.recorder.messages[0].find("with 8 chains already in flight (size 8)"),
+            std::string::npos)
+      << f.recorder.messages[0];
+}
+
+TEST(VirtioQueueHostile, FullRingHeldThenReturnedIsNoError) {
+  // The legitimate extreme: every descriptor of the ring in flight at once, all returned, and
+  // again, many times round the 16-bit indices.
+  QueueFixture f(8, kAllFeatures, 64 << 20, 8);
+  ASSERT_TRUE(f.activate());
+  for (int round = 0; round < 20000; ++round) {
+    std::vector<Chain> held;
+    for (int i = 0; i < 8; ++i) {
+      ASSERT_TRUE(f.driver.chain().writable(4).build());
+      auto chain = f.queue.pop();
+      ASSERT_TRUE(chain) << round << "/" << i << ": " << f.queue.describe_fault();
+      held.push_back(std::move(*chain));
+    }
+    for (auto& chain : held) ASSERT_TRUE(f.queue.push(std::move(chain), 0));
+    while (f.driver.get_used()) {
+    }
+  }
+  EXPECT_FALSE(f.queue.failed());
+  EXPECT_EQ(f.queue.in_flight(), 0);
+}
+
 }  // namespace
 }  // namespace pier::virtio::testing
