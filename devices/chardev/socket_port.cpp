@@ -6,10 +6,8 @@
 // Waiting beats "accept and refuse": a reconnecting tool or a second terminal just gets its
 // turn, and nothing it typed is lost.
 //
-// Unix socket files are created mode 0600 (a console is often a root shell); chmod it after
-// start if another user must attach. A socket file left by a dead process is replaced (connect
-// is refused); a path with a live listener behind it is an error, as is a path that exists and
-// is not a socket. stop() removes the file, unless another process has replaced it meanwhile.
+// Unix socket files are made by UnixListener (unix_listener.hpp): created 0600 (a console is
+// often a root shell), a dead process's socket replaced, stop() removes the file if still ours.
 #include "devices/chardev/socket_port.hpp"
 
 #include <arpa/inet.h>
@@ -25,9 +23,9 @@
 
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
 
 #include "devices/chardev/stream_port.hpp"
+#include "devices/chardev/unix_listener.hpp"
 #include "vmm/error.hpp"
 #include "vmm/log.hpp"
 
@@ -42,21 +40,23 @@ constexpr int kBacklog = 16;
 // spinning on it.
 constexpr auto kAcceptBackoff = 1s;
 
-sockaddr_un unix_address(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
-    throw Error(fmt::format("socket path '{}' is {} bytes; unix sockets allow 1 to {}", path,
-                            path.size(), sizeof(addr.sun_path) - 1));
-  }
-  std::memcpy(addr.sun_path, path.data(), path.size());
-  return addr;
-}
-
 UniqueFd stream_socket(int family) {
   UniqueFd fd(::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!fd) throw system_error("socket");
   return fd;
+}
+
+bool is_loopback(const sockaddr_storage& ss) {
+  if (ss.ss_family == AF_INET) {
+    const auto& in = reinterpret_cast<const sockaddr_in&>(ss);
+    return (ntohl(in.sin_addr.s_addr) >> 24) == 127;
+  }
+  if (ss.ss_family == AF_INET6) {
+    const auto& in6 = reinterpret_cast<const sockaddr_in6&>(ss);
+    if (IN6_IS_ADDR_LOOPBACK(&in6.sin6_addr)) return true;
+    if (IN6_IS_ADDR_V4MAPPED(&in6.sin6_addr)) return in6.sin6_addr.s6_addr[12] == 127;
+  }
+  return false;
 }
 
 std::string format_address(const sockaddr_storage& ss) {
@@ -148,40 +148,8 @@ class UnixListenPort final : public ListenPort {
 
   void start(EventLoop& loop, Listener& listener) override {
     bind_loop(loop, listener);
-    const sockaddr_un addr = unix_address(path_);
-    replace_stale_socket(addr);
-
-    UniqueFd fd = stream_socket(AF_UNIX);
-    if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
-      const int err = errno;
-      if (err == EADDRINUSE) {
-        throw Error(fmt::format("socket path {} is in use by another process", path_));
-      }
-      if (err == ENOENT &&
-          !std::filesystem::is_directory(std::filesystem::path(path_).parent_path().empty()
-                                             ? std::filesystem::path(".")
-                                             : std::filesystem::path(path_).parent_path())) {
-        throw Error(fmt::format("cannot create socket {}: its directory does not exist", path_));
-      }
-      throw Error(fmt::format("cannot create socket {}: {} (is the directory writable?)", path_,
-                              std::strerror(err)));
-    }
-    // Owner only, before listen(): until then nobody can connect, so there is no window in
-    // which the umask's wider mode is usable.
-    struct stat st {};
-    if (::chmod(path_.c_str(), 0600) != 0 || ::stat(path_.c_str(), &st) != 0) {
-      const int err = errno;
-      ::unlink(path_.c_str());
-      throw system_error(fmt::format("cannot set up socket {}", path_), err);
-    }
-    created_ = st;
-    owns_file_ = true;
-    if (::listen(fd.get(), kBacklog) != 0) {
-      const int err = errno;
-      remove_file();
-      throw system_error(fmt::format("cannot listen on socket {}", path_), err);
-    }
-    listen_on(std::move(fd));
+    file_ = UnixListener::listen(path_, fmt::format("socket path {}", path_), kBacklog);
+    listen_on(std::move(file_.fd()));
   }
 
   std::string describe() const override { return fmt::format("socket={} (listening)", path_); }
@@ -194,47 +162,10 @@ class UnixListenPort final : public ListenPort {
   }
 
  private:
-  void replace_stale_socket(const sockaddr_un& addr) {
-    struct stat st {};
-    if (::lstat(path_.c_str(), &st) != 0) {
-      if (errno == ENOENT) return;
-      throw system_error(fmt::format("cannot use socket path {}", path_));
-    }
-    if (!S_ISSOCK(st.st_mode)) {
-      throw Error(
-          fmt::format("{} exists and is not a socket; remove it or choose another path", path_));
-    }
-    // Probing by connecting is the only reliable test. A live listener (pier, QEMU, socat)
-    // sees one client that leaves at once without sending anything.
-    UniqueFd probe = stream_socket(AF_UNIX);
-    if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0 ||
-        errno == EAGAIN) {
-      throw Error(fmt::format("socket path {} is in use by another process", path_));
-    }
-    if (errno == ENOENT) return;  // removed meanwhile
-    if (errno != ECONNREFUSED) {
-      throw system_error(fmt::format("cannot tell whether socket {} is in use", path_));
-    }
-    if (::unlink(path_.c_str()) != 0 && errno != ENOENT) {
-      throw system_error(fmt::format("cannot replace stale socket {}", path_));
-    }
-    log::info("{}: replaced a stale socket file", path_);
-  }
-
-  void remove_file() {
-    if (!owns_file_) return;
-    owns_file_ = false;
-    // Only our own socket: a later pier may have replaced a file we left behind.
-    struct stat st {};
-    if (::lstat(path_.c_str(), &st) == 0 && st.st_dev == created_.st_dev &&
-        st.st_ino == created_.st_ino) {
-      ::unlink(path_.c_str());
-    }
-  }
+  void remove_file() { file_.remove(); }
 
   const std::string path_;
-  struct stat created_ {};
-  bool owns_file_ = false;
+  UnixListener file_;
 };
 
 class TcpListenPort final : public ListenPort {
@@ -279,6 +210,12 @@ class TcpListenPort final : public ListenPort {
     socklen_t len = sizeof(bound);
     ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&bound), &len);
     address_ = format_address(bound);
+    if (!is_loopback(bound)) {
+      log::warn(
+          "tcp={}: listening on a non-loopback address; TCP ports have no authentication, so "
+          "anyone who can reach it can attach to the port (a console is often a root shell)",
+          address_);
+    }
     listen_on(std::move(fd));
   }
 
@@ -318,7 +255,7 @@ class UnixConnectPort final : public StreamPort {
 
   void start(EventLoop& loop, Listener& listener) override {
     bind_loop(loop, listener);
-    addr_ = unix_address(path_);
+    addr_ = unix_socket_address(path_, fmt::format("socket path {}", path_));
     if (reconnect_.count() > 0) timer_.start(loop, [this] { retry(); });
     if (try_connect(false)) return;
     if (reconnect_.count() == 0) {

@@ -3,13 +3,11 @@
 #include <fmt/format.h>
 #include <poll.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 
 #include <array>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <filesystem>
 #include <vector>
 
 #include "vmm/error.hpp"
@@ -20,17 +18,6 @@ namespace {
 
 constexpr size_t kReadChunk = 64 * 1024;
 constexpr int kReadsPerEvent = 4;  // then back to the loop, for fairness between clients
-
-sockaddr_un unix_address(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
-    throw Error(fmt::format("--api-socket '{}': a unix socket path must be 1 to {} bytes", path,
-                            sizeof(addr.sun_path) - 1));
-  }
-  std::memcpy(addr.sun_path, path.data(), path.size());
-  return addr;
-}
 
 bool blank(std::string_view line) {
   return line.find_first_not_of(" \t\r") == std::string_view::npos;
@@ -51,45 +38,8 @@ Server::~Server() {
 }
 
 void Server::start() {
-  const sockaddr_un addr = unix_address(path_);
-  struct stat st {};
-  if (::lstat(path_.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode)) {
-      throw Error(
-          fmt::format("--api-socket {} exists and is not a socket; remove it or choose "
-                      "another path",
-                      path_));
-    }
-    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-    if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0 ||
-        errno == EAGAIN) {
-      throw Error(fmt::format("--api-socket {} is in use by another process", path_));
-    }
-    if (errno == ECONNREFUSED) ::unlink(path_.c_str());  // stale, from a dead process
-  }
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!fd) throw system_error("socket(AF_UNIX)");
-  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
-    const int err = errno;
-    const auto dir = std::filesystem::path(path_).parent_path();
-    if (err == ENOENT && !dir.empty() && !std::filesystem::is_directory(dir)) {
-      throw Error(
-          fmt::format("cannot create --api-socket {}: its directory does not exist", path_));
-    }
-    throw Error(fmt::format("cannot create --api-socket {}: {}", path_, std::strerror(err)));
-  }
-  if (::chmod(path_.c_str(), 0600) != 0 || ::stat(path_.c_str(), &created_) != 0) {
-    const int err = errno;
-    ::unlink(path_.c_str());
-    throw system_error(fmt::format("cannot set up --api-socket {}", path_), err);
-  }
-  owns_file_ = true;
-  if (::listen(fd.get(), 64) != 0) {
-    const int err = errno;
-    remove_file();
-    throw system_error(fmt::format("cannot listen on --api-socket {}", path_), err);
-  }
-  listen_fd_ = std::move(fd);
+  socket_file_ = chardev::UnixListener::listen(path_, fmt::format("--api-socket {}", path_), 64);
+  listen_fd_ = std::move(socket_file_.fd());
   // Created now: once accept() fails with EMFILE, a new timerfd could not be made either.
   accept_backoff_.start(loop_, [this] { loop_.modify(listen_fd_.get(), EPOLLIN); });
   loop_.add(listen_fd_.get(), EPOLLIN, [this](uint32_t) { on_accept(); });
@@ -97,13 +47,7 @@ void Server::start() {
 }
 
 void Server::remove_file() {
-  if (!owns_file_) return;
-  owns_file_ = false;
-  struct stat st {};
-  if (::lstat(path_.c_str(), &st) == 0 && st.st_dev == created_.st_dev &&
-      st.st_ino == created_.st_ino) {
-    ::unlink(path_.c_str());
-  }
+  socket_file_.remove();
 }
 
 void Server::on_accept() {

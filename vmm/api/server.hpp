@@ -21,6 +21,7 @@
 #include <string_view>
 
 #include "devices/chardev/stream_port.hpp"
+#include "devices/chardev/unix_listener.hpp"
 #include "vmm/api/protocol.hpp"
 #include "vmm/event_loop.hpp"
 #include "vmm/fd.hpp"
@@ -85,9 +86,8 @@ class Server {
   std::string path_;
   RequestHandler handler_;
   ServerLimits limits_;
+  chardev::UnixListener socket_file_;  // owns the socket file (0600, removed at the end)
   UniqueFd listen_fd_;
-  bool owns_file_ = false;
-  struct stat created_ {};
   std::map<int, std::unique_ptr<Client>> clients_;
   // accept() out of descriptors (EMFILE/ENFILE) leaves the connection pending and the listener
   // readable: stop watching it for a while instead of spinning (and logging) on it.

@@ -265,7 +265,8 @@ TEST_F(UnixListen, MissingOrUnwritableDirectoryIsASetupError) {
   EXPECT_THAT(start_error(missing), HasSubstr("its directory does not exist"));
   // /proc refuses new files even for root.
   Harness unwritable(backend_for("socket=/proc/pier-port-test.sock"));
-  EXPECT_THAT(start_error(unwritable), HasSubstr("cannot create socket /proc/pier-port-test.sock"));
+  EXPECT_THAT(start_error(unwritable),
+              HasSubstr("cannot create socket path /proc/pier-port-test.sock"));
 }
 
 TEST_F(UnixListen, SocketIsOwnerOnlyAndRemovedOnStop) {
