@@ -51,8 +51,9 @@ void AcpiSystemControl::write(uint64_t offset, std::span<const uint8_t> data) {
     const uint8_t type = (value >> kSleepTypeShift) & kSleepTypeMask;
     if (type == kS5SleepType) {
       stop_(StopReason::kPowerOff);
-    } else {
-      log::warn("guest requested ACPI sleep type {}, which pier does not implement", type);
+    } else if (unsupported_sleep_logged_.first()) {
+      log::warn("guest requested ACPI sleep type {}, which pier does not implement (logged once)",
+                type);
     }
   } else if (offset == reset && value == layout::kAcpiResetValue) {
     stop_(StopReason::kReset);

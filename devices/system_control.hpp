@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "devices/io_bus.hpp"
+#include "vmm/log.hpp"
 
 namespace pier {
 
@@ -36,6 +37,7 @@ class AcpiSystemControl final : public BusDevice {
 
  private:
   StopHandler stop_;
+  log::OnceFlag unsupported_sleep_logged_;  // a guest can write the register in a loop
 };
 
 // Just enough of an i8042 for Linux: status reads report "no data, input buffer empty", the

@@ -196,6 +196,10 @@ class Machine::ApiTarget final : public api::Target {
             {"ports", m_.console_->port_stats().size()},
             {"console_driver_ready", device.driver_ready},
             {"api_clients", m_.api_server_ ? m_.api_server_->client_count() : 0},
+            {"serial",
+             {{"bytes_pending", m_.serial_pump_->pending_bytes()},
+              {"bytes_dropped", m_.serial_pump_->dropped_bytes()},
+              {"bytes_lost", m_.serial_pump_->bytes_lost()}}},
             {"vcpus", vcpus()}};
   }
 
@@ -744,6 +748,12 @@ void Machine::drain_guest_output() {
   // The guest is stopped, but the serial output behind a slow terminal or pipe and the console
   // bytes a connected client has not taken yet are still the guest's output: the loop keeps
   // writing them (EPOLLOUT) until none is left, kDrainTimeout passes, or a second signal.
+  if (const uint64_t dropped = serial_pump_->dropped_bytes(); dropped != 0) {
+    log::warn(
+        "serial: {} bytes of guest output were dropped while running (the output buffer was "
+        "full: a terminal or pipe that was not read)",
+        dropped);
+  }
   if (undelivered_output_bytes() == 0) return;
   log::info("stopping ({}): delivering {} bytes of guest output first", to_string(stop_reason_),
             undelivered_output_bytes());
@@ -843,9 +853,11 @@ int Machine::run() {
     for (const auto& port : console_->port_stats()) {
       log::info(
           "console port {} '{}' ({}): {} bytes to the guest, {} from the guest, {} to the "
-          "host, {} console bytes dropped, {} host connects",
+          "host ({} of them lost to a write error), {} console bytes dropped, {} discarded, "
+          "{} host connects",
           port.id, port.name, port.backend, port.bytes_to_guest, port.bytes_from_guest,
-          port.bytes_to_host, port.console_bytes_dropped, port.host_connects);
+          port.bytes_to_host, port.bytes_lost, port.console_bytes_dropped, port.bytes_discarded,
+          port.host_connects);
     }
   }
   if (const std::string summary = assist_->summary(); !summary.empty()) {

@@ -7,10 +7,12 @@
 
 #include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <mutex>
 
 #include "vmm/error.hpp"
 #include "vmm/fd.hpp"
+#include "vmm/log.hpp"
 
 namespace pier::chardev {
 namespace {
@@ -41,24 +43,6 @@ SavedTerminal& saved_terminal() {
 
 void restore_terminal_at_exit() {
   saved_terminal().restore();
-}
-
-size_t write_nonblocking(int fd, std::span<const uint8_t> data) {
-  size_t done = 0;
-  while (done < data.size()) {
-    const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
-    if (n > 0) {
-      done += static_cast<size_t>(n);
-    } else if (n < 0 && errno == EINTR) {
-      continue;
-    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      break;
-    } else {
-      // The reader went away (EPIPE) or the device failed: drop, the guest must not stall.
-      return data.size();
-    }
-  }
-  return done;
 }
 
 ssize_t read_nonblocking(int fd, std::span<uint8_t> out) {
@@ -102,9 +86,7 @@ class StdioBackend final : public Backend {
   }
   ~StdioBackend() override { saved_terminal().restore(); }
 
-  size_t write(std::span<const uint8_t> data) override {
-    return write_nonblocking(STDOUT_FILENO, data);
-  }
+  size_t write(std::span<const uint8_t> data) override { return write_fd(STDOUT_FILENO, data); }
   ssize_t read(std::span<uint8_t> out) override {
     ssize_t n = read_nonblocking(STDIN_FILENO, out);
     if (n > 0 && interactive_) {
@@ -141,9 +123,7 @@ class FileBackend final : public Backend {
     fd_.reset(::open(path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK, 0600));
     if (!fd_) throw system_error(fmt::format("cannot open output file {}", path_));
   }
-  size_t write(std::span<const uint8_t> data) override {
-    return write_nonblocking(fd_.get(), data);
-  }
+  size_t write(std::span<const uint8_t> data) override { return write_fd(fd_.get(), data); }
   ssize_t read(std::span<uint8_t>) override { return 0; }
   int output_fd() const override { return fd_.get(); }
   int input_fd() const override { return -1; }
@@ -155,6 +135,32 @@ class FileBackend final : public Backend {
 };
 
 }  // namespace
+
+size_t Backend::write_fd(int fd, std::span<const uint8_t> data) {
+  size_t done = 0;
+  while (done < data.size()) {
+    const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    if (n > 0) {
+      done += static_cast<size_t>(n);
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      break;
+    } else {
+      // The reader went away (EPIPE), the device failed (EIO) or the disk is full (ENOSPC): the
+      // bytes are lost, but the guest must not stall on them. Counted, and said once.
+      const int err = n < 0 ? errno : EIO;
+      bytes_lost_.fetch_add(data.size() - done, std::memory_order_relaxed);
+      if (!loss_logged_) {
+        loss_logged_ = true;
+        log::warn("{}: write failed: {}; guest output to it is lost from now on (counted)",
+                  describe(), std::strerror(err));
+      }
+      return data.size();
+    }
+  }
+  return done;
+}
 
 size_t EscapeFilter::filter(std::span<uint8_t> data, bool& quit) {
   size_t out = 0;

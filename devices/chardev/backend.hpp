@@ -3,6 +3,7 @@
 // later). Every backend fd is non-blocking: the VMM never blocks on host I/O.
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -16,8 +17,12 @@ class Backend {
  public:
   virtual ~Backend() = default;
   // Writes as much as the host takes without blocking; returns the bytes accepted (0 = would
-  // block). Bytes the backend cannot deliver at all (null, closed) count as accepted.
+  // block). Bytes the backend cannot deliver at all (null; a write error such as EPIPE, EIO or
+  // ENOSPC) count as accepted, so the guest never stalls on them; write errors also count in
+  // bytes_lost() and are logged once per backend.
   virtual size_t write(std::span<const uint8_t> data) = 0;
+  // Bytes accepted by write() that a write error lost (not the ones null discards by design).
+  uint64_t bytes_lost() const { return bytes_lost_.load(std::memory_order_relaxed); }
   // Reads pending input; returns bytes read, 0 when none is available, -1 at end of input.
   virtual ssize_t read(std::span<uint8_t> out) = 0;
   // Descriptors to poll: EPOLLOUT on output_fd after a short write, EPOLLIN on input_fd.
@@ -25,6 +30,15 @@ class Backend {
   virtual int output_fd() const = 0;
   virtual int input_fd() const = 0;
   virtual std::string describe() const = 0;
+
+ protected:
+  // Non-blocking write of `data` to `fd` for write(): short on EAGAIN; a hard error loses the
+  // rest (counted in bytes_lost(), logged once with the reason).
+  size_t write_fd(int fd, std::span<const uint8_t> data);
+
+ private:
+  std::atomic<uint64_t> bytes_lost_{0};
+  bool loss_logged_ = false;
 };
 
 // Called when the user presses the quit key on an interactive stdio backend.

@@ -94,6 +94,7 @@ class LocalPort final : public PortBackend {
   }
 
   std::string describe() const override { return backend_ ? backend_->describe() : name_; }
+  uint64_t bytes_lost() const override { return backend_ ? backend_->bytes_lost() : 0; }
   std::string address() const override { return address_; }
 
   std::optional<TerminalSize> terminal_size() const override {

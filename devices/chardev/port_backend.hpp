@@ -109,6 +109,9 @@ class PortBackend {
   // The size of the terminal behind the backend (stdio on a terminal, a pty whose user set a
   // size), for VIRTIO_CONSOLE_RESIZE; nullopt when there is none. Cheap (one ioctl).
   virtual std::optional<TerminalSize> terminal_size() const { return std::nullopt; }
+  // Bytes writev() accepted that a write error then lost (file= on a full disk, stdio on a
+  // closed pipe); socket backends report a lost peer as -1 instead and lose nothing.
+  virtual uint64_t bytes_lost() const { return 0; }
   // Unregisters from the loop and closes everything; removes the socket file of a listening unix
   // socket (idempotent; never calls the Listener; the destructor calls it).
   virtual void stop() = 0;

@@ -91,6 +91,10 @@ uint64_t Pump::dropped_bytes() const {
   return dropped_;
 }
 
+uint64_t Pump::bytes_lost() const {
+  return backend_->bytes_lost();  // atomic in the backend: no lock needed
+}
+
 void Pump::set_on_space(std::function<void()> fn) {
   std::lock_guard lock(mutex_);
   on_space_ = std::move(fn);

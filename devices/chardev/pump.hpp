@@ -27,6 +27,8 @@ class Pump {
   void write(std::span<const uint8_t> data);
   bool has_space() const;
   uint64_t dropped_bytes() const;
+  // Bytes the backend accepted and then lost to a write error (Backend::bytes_lost()).
+  uint64_t bytes_lost() const;
   // Output taken but not yet written to the backend.
   size_t pending_bytes() const;
   // Called on the I/O thread when buffered output drains below the soft limit.

@@ -1213,6 +1213,7 @@ PortStats ConsoleDevice::make_stats(const Port& p) const {
   s.guest_ready = p.ready;
   s.guest_connected = p.guest_connected;
   s.bytes_to_guest = p.bytes_to_guest;
+  s.bytes_lost = p.backend->bytes_lost();
   s.bytes_from_guest = p.bytes_from_guest;
   s.bytes_to_host = p.bytes_to_host;
   s.bytes_buffered = p.tx_held_bytes + p.ring.size();

@@ -145,6 +145,7 @@ struct PortStats {
   uint64_t bytes_to_guest = 0;         // host -> guest, placed in guest rx buffers
   uint64_t bytes_from_guest = 0;       // guest -> host, taken from guest tx buffers
   uint64_t bytes_to_host = 0;          // guest -> host, accepted by the backend
+  uint64_t bytes_lost = 0;             // of bytes_to_host, lost to a backend write error
   uint64_t bytes_buffered = 0;         // taken from the guest, not yet written (held chains + ring)
   uint64_t console_bytes_dropped = 0;  // console ring overflow: oldest bytes dropped
   uint64_t bytes_discarded = 0;        // taken from the guest but lost: port removed, device reset

@@ -130,6 +130,7 @@ json port_json(const virtio::console::PortStats& p) {
           {"bytes_to_guest", p.bytes_to_guest},
           {"bytes_from_guest", p.bytes_from_guest},
           {"bytes_to_host", p.bytes_to_host},
+          {"bytes_lost", p.bytes_lost},
           {"bytes_buffered", p.bytes_buffered},
           {"console_bytes_dropped", p.console_bytes_dropped},
           {"bytes_discarded", p.bytes_discarded},

@@ -300,6 +300,22 @@ TEST(FilePort, ANewFileIsReadableByItsOwnerOnly) {
   EXPECT_EQ(st.st_mode & 0777, 0600u) << "console output can hold a root shell's secrets";
 }
 
+TEST(FilePort, AWriteErrorLosesTheBytesCountedAndLoggedOnceWithoutStallingTheGuest) {
+  // /dev/full fails every write with ENOSPC: the guest's bytes must not wait forever for room
+  // that never comes, and must not count as delivered either.
+  Harness h(make_port_backend(parse_port_backend("file=/dev/full")));
+  h.start();
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(h.write("abc"), 3);
+  EXPECT_EQ(h.write("defgh"), 5);
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(h.thread.call([&] { return h.backend->bytes_lost(); }), 8u);
+  EXPECT_THAT(err, HasSubstr("file=/dev/full: write failed: No space left on device"));
+  EXPECT_EQ(err.find("write failed", err.find("write failed") + 1), std::string::npos)
+      << "logged once: " << err;
+  h.destroy();
+}
+
 TEST(FilePort, UnwritablePathIsASetupError) {
   Harness h(make_port_backend(parse_port_backend("file=/nonexistent-pier-dir/out.log")));
   try {

@@ -24,6 +24,17 @@ TEST(AcpiSystemControl, S5PowersOffAndResetRegisterResets) {
   EXPECT_EQ(seen[1], StopReason::kReset);
 }
 
+TEST(AcpiSystemControl, AGuestAskingForUnsupportedSleepInALoopIsLoggedOnce) {
+  AcpiSystemControl acpi([](StopReason) {});
+  const uint8_t s3 = (3 << 2) | (1 << 5);
+  ::testing::internal::CaptureStderr();
+  for (int i = 0; i < 10000; ++i) acpi.write(0, std::span(&s3, 1));
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  size_t lines = 0;
+  for (size_t at = 0; (at = err.find("sleep type 3", at)) != std::string::npos; ++at) ++lines;
+  EXPECT_EQ(lines, 1u) << err.substr(0, 400);
+}
+
 TEST(I8042, ResetCommandStopsAndStatusReadsIdle) {
   std::vector<StopReason> seen;
   I8042 kbd([&](StopReason r) { seen.push_back(r); });
