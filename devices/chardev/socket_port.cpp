@@ -182,11 +182,18 @@ class TcpListenPort final : public ListenPort {
     addrinfo hints{};
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    // Numeric addresses only: port-add runs on the I/O thread, where a DNS lookup could stall
+    // every port, the API and the serial console for as long as the resolver likes. "localhost"
+    // is the one name taken, without asking the resolver.
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV | AI_NUMERICHOST;
     addrinfo* found = nullptr;
     const std::string service = std::to_string(port_);
-    if (const int rc = ::getaddrinfo(host_.c_str(), service.c_str(), &hints, &found); rc != 0) {
-      throw Error(fmt::format("tcp={}: cannot resolve '{}': {}", wanted, host_, gai_strerror(rc)));
+    const std::string host = host_ == "localhost" ? "127.0.0.1" : host_;
+    if (const int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &found); rc != 0) {
+      throw Error(fmt::format(
+          "tcp={}: '{}' is not a numeric address ({}); give an IP address such as 127.0.0.1, "
+          "::1 or 0.0.0.0, or localhost (pier does not resolve host names)",
+          wanted, host_, gai_strerror(rc)));
     }
     std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> results(found, ::freeaddrinfo);
 

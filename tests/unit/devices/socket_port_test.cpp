@@ -416,6 +416,28 @@ TEST(TcpListen, PortInUseIsASetupError) {
             "cannot listen on " + address + ": the port is in use by another process");
 }
 
+TEST(TcpListen, HostNamesAreNotResolvedButLocalhostIsLoopback) {
+  // A DNS lookup on the I/O thread (port-add) would stall every port and the API.
+  Harness named(backend_for("tcp=pier-test-host.invalid:0"));
+  EXPECT_THAT(start_error(named), HasSubstr("'pier-test-host.invalid' is not a numeric address"));
+  Harness local(backend_for("tcp=localhost:0"));
+  local.start();
+  EXPECT_THAT(local.thread.call([&] { return local.backend->address(); }),
+              ::testing::StartsWith("127.0.0.1:"));
+}
+
+TEST(TcpListen, NonLoopbackAddressIsWarnedAbout) {
+  ::testing::internal::CaptureStderr();
+  Harness any(backend_for("tcp=0.0.0.0:0"));
+  any.start();
+  Harness loop(backend_for("tcp=0"));
+  loop.start();
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_THAT(err, HasSubstr("listening on a non-loopback address"));
+  EXPECT_EQ(err.find("non-loopback", err.find("non-loopback") + 1), std::string::npos)
+      << "only the 0.0.0.0 port: " << err;
+}
+
 TEST(TcpListen, Ipv6Loopback) {
   UniqueFd probe(::socket(AF_INET6, SOCK_STREAM, 0));
   sockaddr_in6 a{};
