@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/stat.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -9,6 +10,7 @@
 #include <csignal>
 #include <cstring>
 #include <mutex>
+#include <string>
 
 #include "vmm/error.hpp"
 #include "vmm/fd.hpp"
@@ -35,6 +37,19 @@ struct SavedTerminal {
     stdin_flags = stdout_flags = -1;
   }
 };
+
+// A descriptor of our own for stdin/stdout, opened again through /proc/self/fd, so O_NONBLOCK
+// goes on our open file description only. Setting it on fd 0/1 themselves would also make the
+// terminal or pipe that stderr (and the parent shell) share non-blocking: log lines then fail
+// with EAGAIN. Only terminals and pipes are opened again: a regular file would start over at
+// offset 0 (and never blocks anyway), a socket cannot be opened this way. Invalid otherwise.
+UniqueFd reopen_private(int fd, int access) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return {};
+  if (!S_ISFIFO(st.st_mode) && !(S_ISCHR(st.st_mode) && ::isatty(fd))) return {};
+  const std::string path = "/proc/self/fd/" + std::to_string(fd);
+  return UniqueFd(::open(path.c_str(), access | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+}
 
 SavedTerminal& saved_terminal() {
   static SavedTerminal state;
@@ -77,18 +92,23 @@ class StdioBackend final : public Backend {
     }
     static std::once_flag registered;
     std::call_once(registered, [] { std::atexit(restore_terminal_at_exit); });
-    if (saved.stdin_flags >= 0) ::fcntl(STDIN_FILENO, F_SETFL, saved.stdin_flags | O_NONBLOCK);
+    if (saved.stdin_flags >= 0) {
+      in_ = reopen_private(STDIN_FILENO, O_RDONLY);
+      // Fallback (a socket on stdin): the shared description, restored at exit.
+      if (!in_) ::fcntl(STDIN_FILENO, F_SETFL, saved.stdin_flags | O_NONBLOCK);
+    }
     if (saved.stdout_flags >= 0) {
-      ::fcntl(STDOUT_FILENO, F_SETFL, saved.stdout_flags | O_NONBLOCK);
+      out_ = reopen_private(STDOUT_FILENO, O_WRONLY);
+      if (!out_) ::fcntl(STDOUT_FILENO, F_SETFL, saved.stdout_flags | O_NONBLOCK);
     }
     // stdin may be closed or /dev/null (CI): then there is simply no input.
     has_input_ = saved.stdin_flags >= 0;
   }
   ~StdioBackend() override { saved_terminal().restore(); }
 
-  size_t write(std::span<const uint8_t> data) override { return write_fd(STDOUT_FILENO, data); }
+  size_t write(std::span<const uint8_t> data) override { return write_fd(output_fd(), data); }
   ssize_t read(std::span<uint8_t> out) override {
-    ssize_t n = read_nonblocking(STDIN_FILENO, out);
+    ssize_t n = read_nonblocking(in_ ? in_.get() : STDIN_FILENO, out);
     if (n > 0 && interactive_) {
       bool quit = false;
       n = static_cast<ssize_t>(escape_.filter(out.first(static_cast<size_t>(n)), quit));
@@ -96,13 +116,17 @@ class StdioBackend final : public Backend {
     }
     return n;
   }
-  int output_fd() const override { return STDOUT_FILENO; }
-  int input_fd() const override { return has_input_ ? STDIN_FILENO : -1; }
+  int output_fd() const override { return out_ ? out_.get() : STDOUT_FILENO; }
+  int input_fd() const override {
+    if (!has_input_) return -1;
+    return in_ ? in_.get() : STDIN_FILENO;
+  }
   std::string describe() const override { return interactive_ ? "stdio (terminal)" : "stdio"; }
 
  private:
   QuitHandler quit_;
   EscapeFilter escape_;
+  UniqueFd in_, out_;  // private non-blocking descriptions of stdin/stdout (reopen_private)
   bool interactive_ = false;
   bool has_input_ = false;
 };

@@ -361,6 +361,7 @@ TEST(StdioPort, ReadsStdinWritesStdoutAndSurvivesEndOfInput) {
   ssize_t after_eof = -2;
   bool still_connected = false;
   std::string address = "?";
+  bool shared_nonblocking = true;
   {
     Harness h(make_port_backend(parse_port_backend("stdio")));
     h.start();
@@ -376,10 +377,15 @@ TEST(StdioPort, ReadsStdinWritesStdoutAndSurvivesEndOfInput) {
     after_eof = h.read(rest);
     still_connected = h.connected();
     address = h.thread.call([&] { return h.backend->address(); });
+    // pier's own descriptions are the non-blocking ones: fd 0 and 1 (and so stderr, when it
+    // shares them, and the parent's terminal) stay as they were.
+    shared_nonblocking =
+        ((::fcntl(STDIN_FILENO, F_GETFL) | ::fcntl(STDOUT_FILENO, F_GETFL)) & O_NONBLOCK) != 0;
   }
   ::dup2(saved_in.get(), STDIN_FILENO);
   ::dup2(saved_out.get(), STDOUT_FILENO);
 
+  EXPECT_FALSE(shared_nonblocking);
   EXPECT_TRUE(connected);
   EXPECT_TRUE(received_hello);
   EXPECT_EQ(wrote, 13);
