@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "integration/line_client.hpp"
 #include "integration/pier_process.hpp"
 
 namespace pier::test {
@@ -30,99 +31,6 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 using namespace std::chrono_literals;
 
-// A line-oriented connection (the API socket, the guest's console).
-class Conn {
- public:
-  explicit Conn(const std::string& path) : fd_(connect_unix(path)) {}
-  ~Conn() { close(); }
-  Conn(const Conn&) = delete;
-  Conn& operator=(const Conn&) = delete;
-  bool ok() const { return fd_ >= 0; }
-  int fd() const { return fd_; }
-  void close() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-  bool send(std::string_view data) {
-    while (!data.empty()) {
-      const ssize_t n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL);
-      if (n <= 0) return false;
-      data.remove_prefix(static_cast<size_t>(n));
-    }
-    return true;
-  }
-  // The next line, "" on timeout or EOF.
-  std::string line(std::chrono::milliseconds timeout = 10000ms) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    for (;;) {
-      if (const size_t nl = buf_.find('\n'); nl != std::string::npos) {
-        std::string l = buf_.substr(0, nl);
-        buf_.erase(0, nl + 1);
-        return l;
-      }
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0) return "";
-      pollfd p{fd_, POLLIN, 0};
-      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) return "";
-      char tmp[65536];
-      const ssize_t n = ::recv(fd_, tmp, sizeof(tmp), 0);
-      if (n <= 0) {
-        eof_ = true;
-        return "";
-      }
-      buf_.append(tmp, static_cast<size_t>(n));
-    }
-  }
-  // Skips lines until one contains `text`; returns it ("" on timeout).
-  std::string until(const std::string& text, std::chrono::milliseconds timeout = 10000ms) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-      std::string l = line(std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - std::chrono::steady_clock::now()));
-      if (l.find(text) != std::string::npos) return l;
-      if (eof_) break;
-    }
-    return "";
-  }
-  // A request and its response (events on the way are kept in `events`).
-  json call(const json& request, std::chrono::milliseconds timeout = 10000ms) {
-    if (!send(request.dump() + "\n")) return json();
-    return response(timeout);
-  }
-  json response(std::chrono::milliseconds timeout = 10000ms) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-      const std::string l = line(std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - std::chrono::steady_clock::now()));
-      if (l.empty()) break;
-      json j = json::parse(l);
-      if (j.contains("event")) {
-        events.push_back(j);
-        continue;
-      }
-      return j;
-    }
-    return json();
-  }
-  // The next event (from `events` first), null on timeout.
-  json event(std::chrono::milliseconds timeout = 10000ms) {
-    if (!events.empty()) {
-      json e = events.front();
-      events.erase(events.begin());
-      return e;
-    }
-    const std::string l = line(timeout);
-    return l.empty() ? json() : json::parse(l);
-  }
-  bool eof() const { return eof_; }
-  std::vector<json> events;
-
- private:
-  int fd_;
-  bool eof_ = false;
-  std::string buf_;
-};
 
 // Sends `data` on a port socket and reads the guest's echo of it.
 std::string echo_through(int fd, const std::string& data, std::chrono::milliseconds timeout) {
@@ -170,7 +78,7 @@ class Api : public ::testing::Test {
   void TearDown() override {
     if (pier_.valid()) {
       // A failed test: make sure pier goes away.
-      Conn c(sock("api"));
+      LineClient c(sock("api"));
       if (c.ok()) c.call({{"cmd", "quit"}}, 2000ms);
       pier_.wait_for(30s);
     }
@@ -195,11 +103,11 @@ class Api : public ::testing::Test {
                 "info"};
     run.timeout = 600s;
     pier_ = std::async(std::launch::async, [run] { return run_pier(run); });
-    console_ = std::make_unique<Conn>(sock("console"));
+    console_ = std::make_unique<LineClient>(sock("console"));
     ASSERT_TRUE(console_->ok());
     ASSERT_NE(console_->until("PIER-HOTPLUG ready", 30000ms), "");
   }
-  PierResult quit(Conn& api) {
+  PierResult quit(LineClient& api) {
     const json r = api.call({{"cmd", "quit"}});
     EXPECT_TRUE(r.value("ok", false)) << r.dump();
     PierResult result = pier_.get();
@@ -212,16 +120,16 @@ class Api : public ::testing::Test {
 
   fs::path dir_;
   std::future<PierResult> pier_;
-  std::unique_ptr<Conn> console_;
+  std::unique_ptr<LineClient> console_;
 };
 
-json add(Conn& api, const std::string& name, const std::string& backend, bool console = false) {
+json add(LineClient& api, const std::string& name, const std::string& backend, bool console = false) {
   return api.call(
       {{"cmd", "port-add"}, {"name", name}, {"backend", backend}, {"console", console}});
 }
 
 // Waits for an event of `kind` about port `name` on `events`, keeping the ones passed over.
-json wait_event(Conn& events, const std::string& kind, const std::string& name,
+json wait_event(LineClient& events, const std::string& kind, const std::string& name,
                 std::vector<json>* seen = nullptr, std::chrono::milliseconds timeout = 10000ms) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
@@ -238,8 +146,8 @@ json wait_event(Conn& events, const std::string& kind, const std::string& name,
 TEST_F(Api, HotAddTwentyPortsMoveDataOnEachRemoveAndReAdd) {
   PIER_REQUIRE_KVM();
   boot();
-  Conn api(sock("api"));
-  Conn watcher(sock("api"));  // a second client that only watches events
+  LineClient api(sock("api"));
+  LineClient watcher(sock("api"));  // a second client that only watches events
   ASSERT_TRUE(api.ok() && watcher.ok());
 
   constexpr unsigned kPorts = 20;
@@ -376,9 +284,9 @@ TEST_F(Api, HotAddTwentyPortsMoveDataOnEachRemoveAndReAdd) {
 TEST_F(Api, VmStoppedEventAndEventOrderForOnePort) {
   PIER_REQUIRE_KVM();
   boot();
-  Conn api(sock("api"));
+  LineClient api(sock("api"));
   ASSERT_TRUE(api.ok());
-  Conn watcher(sock("api"));
+  LineClient watcher(sock("api"));
   ASSERT_TRUE(watcher.ok());
   // The watcher is registered once the server answered it.
   ASSERT_TRUE(watcher.call({{"cmd", "vm-status"}}).value("ok", false));
@@ -422,7 +330,7 @@ TEST_F(Api, VmStoppedEventAndEventOrderForOnePort) {
 TEST_F(Api, BadInputGetsErrorsAndLeavesTheGuestAndOtherClientsAlone) {
   PIER_REQUIRE_KVM();
   boot();
-  Conn api(sock("api"));
+  LineClient api(sock("api"));
   ASSERT_TRUE(api.ok());
   ASSERT_TRUE(add(api, "org.pier.live", "socket=" + sock("live")).value("ok", false));
   const int live = connect_unix(sock("live"));
@@ -451,14 +359,14 @@ TEST_F(Api, BadInputGetsErrorsAndLeavesTheGuestAndOtherClientsAlone) {
   }
 
   // 10 000 garbage lines from one client while others keep working.
-  Conn flood(sock("api"));
+  LineClient flood(sock("api"));
   std::thread writer([&] {
     std::string chunk;
     for (int i = 0; i < 10000; ++i) chunk += "garbage " + std::to_string(i) + "\n";
     flood.send(chunk);
   });
-  std::vector<std::unique_ptr<Conn>> many;
-  for (int i = 0; i < 40; ++i) many.push_back(std::make_unique<Conn>(sock("api")));
+  std::vector<std::unique_ptr<LineClient>> many;
+  for (int i = 0; i < 40; ++i) many.push_back(std::make_unique<LineClient>(sock("api")));
   int errors = 0;
   while (errors < 10000) {
     const json r = flood.response(20000ms);
@@ -473,11 +381,11 @@ TEST_F(Api, BadInputGetsErrorsAndLeavesTheGuestAndOtherClientsAlone) {
   }
   // A client that disconnects mid-request, and one that sends 10 MB without a newline.
   {
-    Conn half(sock("api"));
+    LineClient half(sock("api"));
     half.send(R"({"cmd":"port-add","name":"org.pier.half","back)");
   }
   {
-    Conn big(sock("api"));
+    LineClient big(sock("api"));
     std::thread w([&] {
       const std::string junk(1 << 20, 'j');
       for (int i = 0; i < 10; ++i) big.send(junk);
@@ -614,7 +522,7 @@ TEST_F(Api, ConfigFileIsEquivalentToFlagsAndFlagsOverrideIt) {
   run.args = {"run", "--config", conf, "--max-ports", "5"};  // the flag wins over the file's 3
   run.timeout = 120s;
   pier_ = std::async(std::launch::async, [run] { return run_pier(run); });
-  Conn api(sock("api"));
+  LineClient api(sock("api"));
   ASSERT_TRUE(api.ok());
   const json st = api.call({{"cmd", "vm-status"}});
   EXPECT_EQ(st["result"]["max_ports"], 5) << st.dump();
@@ -690,7 +598,7 @@ int wait_child(pid_t pid, std::chrono::milliseconds timeout) {
 TEST_F(Api, PierPortOnATerminalIsRawAndRestoresTheTerminal) {
   PIER_REQUIRE_KVM();
   boot();
-  Conn api(sock("api"));
+  LineClient api(sock("api"));
   ASSERT_TRUE(add(api, "org.pier.tty", "socket=" + sock("tty")).value("ok", false));
   for (int round = 0; round < 2; ++round) {
     PtySession s = start_on_pty({"port", sock("tty")});
