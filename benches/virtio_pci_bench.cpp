@@ -31,6 +31,7 @@ class BenchPlatform final : public PciPlatform {
   void add_irqfd(int fd, uint32_t g) override { irqfds[g] = fd; }
   void remove_irqfd(int, uint32_t g) override { irqfds.erase(g); }
   void set_intx(uint32_t, bool) override {}
+  void run_on_io_thread(const std::function<void()>& fn) override { fn(); }
   std::map<uint64_t, std::shared_ptr<BusDevice>> mmio;
   std::map<int, std::function<void()>> watched;
   std::map<uint32_t, int> irqfds;

@@ -9,11 +9,24 @@
 //   -> activate() at DRIVER_OK -> queue_notify() ... -> reset() when the driver writes status 0
 //   (and again activate() after a new initialization).
 //
-// Threads: activate(), reset(), read_config() and write_config() are called by the transport on
-// a vCPU thread with the transport's lock held. queue_notify() is called on the I/O thread, the
-// same thread the device uses for its backends: a transport that sees a notify write on the
-// MMIO exit path (no ioeventfd matched) signals that queue's ioeventfd instead of calling the
-// device, so a device's queues are only ever touched from one thread.
+// Threads. A device's queues belong to the I/O thread (the one event loop that also drives the
+// device's backends); the transport makes sure nothing else touches them:
+//  - activate(), reset() and queue_notify() run on the I/O thread, one at a time, never
+//    concurrently with each other or with the device's backend callbacks. The driver's register
+//    writes that cause activate()/reset() (DRIVER_OK, status 0) and the activation of a queue
+//    enabled after DRIVER_OK happen on a vCPU thread, which hands the work to the I/O thread
+//    (PciPlatform::run_on_io_thread) and waits for it with the transport's lock held. When the
+//    I/O thread is not dispatching (before the machine runs, after it stops, at teardown, in
+//    unit tests without a loop thread) they run on the calling thread instead, still never
+//    concurrently with the loop (EventLoop::call). So after the driver's status-0 write returns,
+//    the device is out of queue_notify() and never pushes to a queue of the old configuration.
+//  - device_features(), ack_features(), read_config(), write_config() run on a vCPU thread with
+//    the transport's lock held (possibly while the I/O thread is in queue_notify()); they must
+//    not touch the queues or the Interrupt. Devices with host-side state shared between the two
+//    (the console) lock it themselves.
+//  - A notify write that reaches the transport on the MMIO exit path (no ioeventfd matched)
+//    signals that queue's ioeventfd instead of calling the device.
+// Debug builds assert that the transport's calls into the device never overlap.
 //
 // Errors caused by the guest never throw out of these calls (DESIGN.md "Conventions"): queue
 // errors reach the transport through the Queue's QueueErrorHandler (NEEDS_RESET), nonsense in
@@ -60,14 +73,16 @@ class Device {
   virtual uint16_t queue_max_size(size_t index) const = 0;
 
   // DRIVER_OK: start using `queues` (indexed like the device's queue numbers, num_queues()
-  // long; a queue the driver did not enable has ready() == false) and `interrupt`. Both stay
-  // valid until reset() returns. The device may keep popped chains across calls.
+  // long; a queue the driver did not enable has ready() == false, and may become ready later,
+  // between two I/O-thread calls) and `interrupt`. Both stay valid until reset() returns. The
+  // device may keep popped chains across calls. On the I/O thread.
   virtual void activate(std::span<Queue> queues, Interrupt& interrupt) = 0;
 
   // Device reset (status 0, or the transport tearing down). When it returns the device no longer
   // touches the queues or the interrupt, and has dropped every chain it held (after the
   // transport resets the queues, pushing such a chain would be ignored anyway). Back to the
-  // state after construction, except for host-side backends, which stay connected.
+  // state after construction, except for host-side backends, which stay connected. On the I/O
+  // thread.
   virtual void reset() = 0;
 
   // The driver made buffers available on queue `index` (an available-buffer notification).

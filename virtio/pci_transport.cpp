@@ -7,6 +7,7 @@
 #include <array>
 #include <atomic>
 #include <bit>
+#include <cassert>
 #include <cstring>
 
 #include "virtio/virtio.hpp"
@@ -53,11 +54,39 @@ void put_field(uint64_t offset, std::span<uint8_t> data, uint64_t field, uint64_
   }
 }
 
+// Debug builds: asserts that the transport's calls into the device (activate, reset,
+// queue_notify) never overlap, i.e. that they all run on the I/O thread (device.hpp).
+#ifndef NDEBUG
+class DeviceCallCheck {
+ public:
+  explicit DeviceCallCheck(std::atomic<bool>& busy) : busy_(busy) {
+    [[maybe_unused]] const bool was_busy = busy_.exchange(true);
+    assert(!was_busy && "virtio device called from two threads at once");
+  }
+  ~DeviceCallCheck() { busy_.store(false); }
+  DeviceCallCheck(const DeviceCallCheck&) = delete;
+  DeviceCallCheck& operator=(const DeviceCallCheck&) = delete;
+
+ private:
+  std::atomic<bool>& busy_;
+};
+#else
+class DeviceCallCheck {
+ public:
+  explicit DeviceCallCheck(std::atomic<bool>&) {}
+};
+#endif
+
 }  // namespace
 
+// The driver's settings of one queue. Everything but notify_fd is vCPU-side state under the
+// transport lock; the Queue object itself is the I/O thread's (start_queue_io copies these in).
 struct PciTransport::QueueState {
   std::atomic<uint16_t> vector{kNoVector};
   bool enabled = false;
+  uint16_t max_size = 0;
+  uint16_t size = 0;  // max_size until the driver writes one
+  uint64_t desc = 0, driver = 0, device = 0;
   UniqueFd notify_fd;
 };
 
@@ -155,6 +184,7 @@ PciTransport::PciTransport(std::unique_ptr<Device> device, const GuestMemory& me
   config_.set_interrupt_pin(1);
   for (size_t i = 0; i < device_->num_queues(); ++i) {
     queues_.emplace_back(static_cast<uint16_t>(i), device_->queue_max_size(i));
+    queue_state_[i].max_size = queue_state_[i].size = queues_[i].max_size();
   }
   interrupt_ = std::make_unique<InterruptImpl>(*this);
   for (auto& q : queues_) q.set_error_handler(this);
@@ -175,14 +205,22 @@ PciTransport::PciTransport(std::unique_ptr<Device> device, const GuestMemory& me
 
 PciTransport::~PciTransport() {
   std::lock_guard lock(mutex_);
-  if (activated_) device_->reset();
+  // Notifications first: once the reset below has run on the I/O thread, no notify callback of
+  // this transport is running or will run.
+  for (auto& qs : queue_state_) {
+    if (qs.notify_fd) platform_.unwatch(qs.notify_fd.get());
+  }
+  if (activated_) {
+    platform_.run_on_io_thread([this] {
+      DeviceCallCheck check(in_device_call_);
+      activated_flag_.store(false, std::memory_order_relaxed);
+      device_->reset();
+    });
+  }
   unmap_bars_locked();
   for (size_t v = 0; v < vector_fds_.size(); ++v) {
     platform_.remove_irqfd(vector_fds_[v].get(), vector_gsis_[v]);
     platform_.release_msi_gsi(vector_gsis_[v]);
-  }
-  for (auto& qs : queue_state_) {
-    if (qs.notify_fd) platform_.unwatch(qs.notify_fd.get());
   }
 }
 
@@ -249,7 +287,9 @@ unsigned PciTransport::attach() {
     platform_.watch(raw, [this, raw, q] {
       uint64_t count;
       if (::read(raw, &count, sizeof(count)) != sizeof(count)) return;
-      if (activated_flag_.load(std::memory_order_acquire)) {
+      // On the I/O thread, like every activate/reset (run_on_io_thread): no lock needed.
+      if (activated_flag_.load(std::memory_order_relaxed)) {
+        DeviceCallCheck check(in_device_call_);
         device_->queue_notify(static_cast<uint16_t>(q));
       }
     });
@@ -347,16 +387,15 @@ void PciTransport::common_read(uint64_t offset, std::span<uint8_t> data) {
   put_field(offset, data, kDeviceStatus, 1, current_status_locked());
   put_field(offset, data, kConfigGeneration, 1, config_generation_.load());
   put_field(offset, data, kQueueSelect, 2, queue_select_);
-  if (queue_select_ < queues_.size()) {
-    const Queue& q = queues_[queue_select_];
+  if (queue_select_ < queue_state_.size()) {
     const QueueState& qs = queue_state_[queue_select_];
-    put_field(offset, data, kQueueSize, 2, q.size());
+    put_field(offset, data, kQueueSize, 2, qs.size);
     put_field(offset, data, kQueueMsixVector, 2, qs.vector.load());
     put_field(offset, data, kQueueEnable, 2, qs.enabled ? 1 : 0);
     put_field(offset, data, kQueueNotifyOff, 2, queue_select_);
-    put_field(offset, data, kQueueDesc, 8, q.desc_addr());
-    put_field(offset, data, kQueueDriver, 8, q.avail_addr());
-    put_field(offset, data, kQueueDevice, 8, q.used_addr());
+    put_field(offset, data, kQueueDesc, 8, qs.desc);
+    put_field(offset, data, kQueueDriver, 8, qs.driver);
+    put_field(offset, data, kQueueDevice, 8, qs.device);
   }
 }
 
@@ -371,9 +410,12 @@ void PciTransport::common_write(uint64_t offset, std::span<const uint8_t> data) 
     if (offset == field + 4 && data.size() == 4) return (old & 0xffffffffull) | (value << 32);
     return old;
   };
-  Queue* q = queue_select_ < queues_.size() ? &queues_[queue_select_] : nullptr;
-  QueueState* qs = q ? &queue_state_[queue_select_] : nullptr;
-  const bool configurable = q && !qs->enabled && !(status_ & kStatusDriverOk && q->ready());
+  // The Queue objects are the I/O thread's; registers go to queue_state_. A queue is ready only
+  // while enabled (activation needs enabled, a reset clears both), so a disabled queue is
+  // configurable.
+  const size_t index = queue_select_;
+  QueueState* qs = index < queue_state_.size() ? &queue_state_[index] : nullptr;
+  const bool configurable = qs && !qs->enabled;
   switch (offset) {
     case kDeviceFeatureSelect:
       device_feature_select_ = static_cast<uint32_t>(value);
@@ -399,7 +441,7 @@ void PciTransport::common_write(uint64_t offset, std::span<const uint8_t> data) 
       queue_select_ = static_cast<uint16_t>(value);
       return;
     case kQueueSize:
-      if (configurable) q->set_size(static_cast<uint16_t>(value));
+      if (configurable) qs->size = static_cast<uint16_t>(value);
       return;
     case kQueueMsixVector:
       if (qs)
@@ -410,20 +452,20 @@ void PciTransport::common_write(uint64_t offset, std::span<const uint8_t> data) 
     case kQueueEnable:
       if (qs && (value & 1) && !qs->enabled) {
         qs->enabled = true;
-        // A queue enabled after DRIVER_OK starts at once.
-        if (activated_ && !q->ready()) q->activate(memory_, driver_features_);
+        // A queue enabled after DRIVER_OK starts at once, on the I/O thread (where the device
+        // may be using its other queues right now).
+        if (activated_) platform_.run_on_io_thread([this, index] { start_queue_io(index); });
       }
       return;
     default:
       break;
   }
   if (configurable) {
-    if (offset >= kQueueDesc && offset < kQueueDesc + 8)
-      q->set_desc_addr(half(q->desc_addr(), kQueueDesc));
+    if (offset >= kQueueDesc && offset < kQueueDesc + 8) qs->desc = half(qs->desc, kQueueDesc);
     if (offset >= kQueueDriver && offset < kQueueDriver + 8)
-      q->set_avail_addr(half(q->avail_addr(), kQueueDriver));
+      qs->driver = half(qs->driver, kQueueDriver);
     if (offset >= kQueueDevice && offset < kQueueDevice + 8)
-      q->set_used_addr(half(q->used_addr(), kQueueDevice));
+      qs->device = half(qs->device, kQueueDevice);
   }
 }
 
@@ -472,24 +514,48 @@ void PciTransport::set_status(uint8_t status) {
   if (driver_ok && (status_ & kStatusFeaturesOk)) activate_locked();
 }
 
+void PciTransport::start_queue_io(size_t index) {
+  Queue& q = queues_[index];
+  if (q.ready()) return;
+  const QueueState& qs = queue_state_[index];
+  q.set_size(qs.size);
+  q.set_desc_addr(qs.desc);
+  q.set_avail_addr(qs.driver);
+  q.set_used_addr(qs.device);
+  q.activate(memory_, driver_features_);
+}
+
 void PciTransport::activate_locked() {
-  for (size_t i = 0; i < queues_.size(); ++i) {
-    if (queue_state_[i].enabled && !queues_[i].ready())
-      queues_[i].activate(memory_, driver_features_);
-  }
-  device_->activate(queues_, *interrupt_);
+  // The device and its queues start on the I/O thread, between two of its events: never while
+  // it is inside queue_notify() or a backend callback using the queues.
+  platform_.run_on_io_thread([this] {
+    for (size_t i = 0; i < queues_.size(); ++i) {
+      if (queue_state_[i].enabled) start_queue_io(i);
+    }
+    DeviceCallCheck check(in_device_call_);
+    device_->activate(queues_, *interrupt_);
+    activated_flag_.store(true, std::memory_order_relaxed);
+  });
   activated_ = true;
-  activated_flag_.store(true, std::memory_order_release);
 }
 
 void PciTransport::reset_locked() {
-  activated_flag_.store(false, std::memory_order_release);
-  if (activated_) device_->reset();
+  // Stopped on the I/O thread too: when the status write returns (and the driver reads 0), the
+  // device is out of queue_notify() and will not touch the queues or push old chains.
+  platform_.run_on_io_thread([this] {
+    activated_flag_.store(false, std::memory_order_relaxed);
+    if (activated_) {
+      DeviceCallCheck check(in_device_call_);
+      device_->reset();
+    }
+    for (auto& q : queues_) q.reset();
+  });
   activated_ = false;
-  for (auto& q : queues_) q.reset();
   for (auto& qs : queue_state_) {
     qs.enabled = false;
     qs.vector.store(kNoVector);
+    qs.size = qs.max_size;
+    qs.desc = qs.driver = qs.device = 0;
   }
   interrupt_->config_vector.store(kNoVector);
   interrupt_->isr.store(0);
@@ -502,9 +568,10 @@ void PciTransport::reset_locked() {
 }
 
 void PciTransport::on_queue_error(const Queue& queue) {
-  // Called inside a queue operation: from the device on the I/O thread, or from activation on a
-  // vCPU thread that holds the transport lock, so it must not take the lock. Flag NEEDS_RESET
-  // and tell the driver through the config interrupt; the device keeps its other queues.
+  // Called inside a queue operation on the I/O thread: from the device, or from activation run
+  // there while a vCPU thread waits holding the transport lock, so it must not take the lock.
+  // Flag NEEDS_RESET and tell the driver through the config interrupt; the device keeps its
+  // other queues.
   if (queue_error_logged_.first()) {
     log::warn("{}: {}; device needs reset", device_->name(), queue.describe_fault());
   }

@@ -47,6 +47,12 @@ class PciPlatform {
   virtual void remove_irqfd(int fd, uint32_t gsi) = 0;
   // INTx (level) on an IOAPIC GSI.
   virtual void set_intx(uint32_t gsi, bool level) = 0;
+  // Runs `fn` on the I/O thread (the thread that runs the `watch` callbacks) and returns once it
+  // has run. Runs it on the calling thread when that is the I/O thread, or when the I/O thread is
+  // not dispatching (before it starts, after it stops: never waits for a stopped loop); it never
+  // overlaps a `watch` callback. The transport calls it from vCPU threads with its lock held, for
+  // every device lifecycle change, so `fn` must not take that lock (EventLoop::call).
+  virtual void run_on_io_thread(const std::function<void()>& fn) = 0;
 };
 
 class PciTransport final : public pci::Function,
@@ -104,6 +110,9 @@ class PciTransport final : public pci::Function,
   void set_status(uint8_t status);
   void reset_locked();
   void activate_locked();
+  // On the I/O thread (run_on_io_thread, transport lock held by the waiting caller): hands the
+  // driver's settings of queue `index` to its Queue and activates it, unless it is ready.
+  void start_queue_io(size_t index);
   void map_bars_locked();
   void unmap_bars_locked();
   void on_vector_changed(unsigned vector, const pci::Msix::Message& message);
@@ -125,6 +134,9 @@ class PciTransport final : public pci::Function,
   std::shared_ptr<MsixBar> msix_bar_;
   pci::Msix msix_;
   std::unique_ptr<InterruptImpl> interrupt_;
+  // The Queue objects belong to the I/O thread: only code run there (notify callbacks, the device,
+  // functions passed to run_on_io_thread) touches them. The driver's register values for each
+  // queue live in queue_state_ (vCPU side, under mutex_) until activation copies them over.
   std::vector<Queue> queues_;
   std::vector<QueueState> queue_state_;
   std::vector<UniqueFd> vector_fds_;  // one eventfd per MSI-X vector
@@ -141,8 +153,9 @@ class PciTransport final : public pci::Function,
   std::atomic<bool> needs_reset_{false};
   log::OnceFlag queue_error_logged_;  // set without the lock (see on_queue_error)
   uint8_t isr_ = 0;
-  bool activated_ = false;
-  std::atomic<bool> activated_flag_{false};  // read by the I/O thread without the lock
+  bool activated_ = false;                   // vCPU side, under mutex_
+  std::atomic<bool> activated_flag_{false};  // I/O side: set and read on the I/O thread
+  std::atomic<bool> in_device_call_{false};  // debug builds check that device calls never overlap
   uint64_t slow_notifies_ = 0;
 };
 

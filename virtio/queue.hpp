@@ -2,12 +2,14 @@
 // The split virtqueue, device side (virtio 1.2 section 2.7 "Split Virtqueues").
 //
 // Who calls what, and on which thread:
-//  - The transport owns the Queue objects. While a queue is not ready it writes the size and the
-//    three ring addresses the driver programmed, then calls activate() (on queue enable or
-//    DRIVER_OK, transport's choice) and reset() on a device reset.
-//  - The device, on its one I/O thread, pops chains, pushes them back and asks whether the driver
-//    wants an interrupt. A Queue is not internally locked: the transport hands it to the device
-//    in Device::activate() and takes it back after Device::reset() has returned.
+//  - The transport owns the Queue objects, and every call on a Queue happens on the I/O thread
+//    (device.hpp "Threads"). The transport keeps the size and ring addresses the driver
+//    programs (on vCPU threads) itself; on the I/O thread it writes them into the not-ready
+//    queue and calls activate() (on queue enable or DRIVER_OK, transport's choice), and calls
+//    reset() on a device reset.
+//  - The device, on that same I/O thread, pops chains, pushes them back and asks whether the
+//    driver wants an interrupt. A Queue is not internally locked: the transport hands it to the
+//    device in Device::activate() and takes it back after Device::reset() has returned.
 //
 // Memory ordering. The rings live in guest RAM and the driver updates them concurrently from
 // another CPU. Guest memory is outside the C++ memory model, so the queue treats it the way
@@ -117,10 +119,10 @@ class Queue;
 // NEEDS_RESET (0x40) in device status, send a config-change interrupt, and log describe_fault()
 // once (a log::OnceFlag, so a guest that breaks its queues in a loop cannot flood the log).
 // Without a handler the queue logs a warning once itself.
-// It is called synchronously from inside the failing call: from activate() on the transport's
-// thread (typically with the transport's lock held) and from pop(), has_available() or
-// enable_notification() on the device's thread. So it must not take a lock that is held around
-// those calls; set an atomic flag and signal the config interrupt instead.
+// It is called synchronously from inside the failing call, on the I/O thread: from activate()
+// (while a vCPU thread waits for it holding the transport's lock) and from pop(),
+// has_available() or enable_notification() in the device. So it must not take a lock that is held
+// around those calls; set an atomic flag and signal the config interrupt instead.
 class QueueErrorHandler {
  public:
   virtual void on_queue_error(const Queue& queue) = 0;

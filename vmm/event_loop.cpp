@@ -3,6 +3,7 @@
 #include <sys/eventfd.h>
 
 #include <array>
+#include <exception>
 
 #include "vmm/error.hpp"
 
@@ -78,12 +79,109 @@ bool EventLoop::stopped() const {
   return stop_;
 }
 
+struct EventLoop::Call {
+  enum class State { kPending, kRunning, kDone, kTaken };
+  const std::function<void()>* fn;
+  State state = State::kPending;
+  std::exception_ptr error;
+};
+
+// Marks the calling thread as the one dispatching for the scope of run()/run_until(), after
+// any inline call() has finished; wakes callers waiting for the loop when it leaves.
+class EventLoop::Dispatching {
+ public:
+  explicit Dispatching(EventLoop& loop) : loop_(loop) {
+    const auto me = std::this_thread::get_id();
+    std::unique_lock lock(loop_.mutex_);
+    loop_.cv_.wait(lock, [&] {
+      return loop_.inline_thread_ == std::thread::id() || loop_.inline_thread_ == me;
+    });
+    if (loop_.dispatch_depth_++ == 0) loop_.dispatch_thread_ = me;
+  }
+  ~Dispatching() {
+    {
+      std::lock_guard lock(loop_.mutex_);
+      if (--loop_.dispatch_depth_ == 0) loop_.dispatch_thread_ = std::thread::id();
+    }
+    loop_.cv_.notify_all();
+  }
+  Dispatching(const Dispatching&) = delete;
+  Dispatching& operator=(const Dispatching&) = delete;
+
+ private:
+  EventLoop& loop_;
+};
+
+bool EventLoop::on_loop_thread() const {
+  const auto me = std::this_thread::get_id();
+  std::lock_guard lock(mutex_);
+  return (dispatch_depth_ > 0 && dispatch_thread_ == me) || inline_thread_ == me;
+}
+
+void EventLoop::call(const std::function<void()>& fn) {
+  const auto me = std::this_thread::get_id();
+  std::unique_lock lock(mutex_);
+  if ((dispatch_depth_ > 0 && dispatch_thread_ == me) || inline_thread_ == me) {
+    lock.unlock();
+    fn();
+    return;
+  }
+  // Queued even when nobody dispatches now: a loop that starts meanwhile runs it, else this
+  // thread takes it back below (the queued entry then finds it taken and does nothing).
+  auto call = std::make_shared<Call>();
+  call->fn = &fn;
+  posted_.push_back([this, call] { run_posted_call(*call); });
+  lock.unlock();
+  wake();
+  lock.lock();
+  for (;;) {
+    if (call->state == Call::State::kDone) break;
+    if (call->state == Call::State::kPending && dispatch_depth_ == 0 &&
+        inline_thread_ == std::thread::id()) {
+      call->state = Call::State::kTaken;
+      inline_thread_ = me;
+      lock.unlock();
+      try {
+        fn();
+      } catch (...) {
+        call->error = std::current_exception();
+      }
+      lock.lock();
+      inline_thread_ = std::thread::id();
+      cv_.notify_all();
+      break;
+    }
+    cv_.wait(lock);
+  }
+  if (call->error) std::rethrow_exception(call->error);
+}
+
+void EventLoop::run_posted_call(Call& call) {
+  {
+    std::lock_guard lock(mutex_);
+    if (call.state != Call::State::kPending) return;  // taken back by its caller
+    call.state = Call::State::kRunning;
+  }
+  try {
+    (*call.fn)();
+  } catch (...) {
+    call.error = std::current_exception();
+  }
+  {
+    std::lock_guard lock(mutex_);
+    call.state = Call::State::kDone;
+  }
+  cv_.notify_all();
+}
+
 void EventLoop::run() {
+  Dispatching dispatching(*this);
   while (!stopped()) dispatch_once(-1);
 }
 
 bool EventLoop::run_until(const std::function<bool()>& done,
                           std::chrono::steady_clock::time_point deadline) {
+  Dispatching dispatching(*this);
   while (!done()) {
     const auto now = std::chrono::steady_clock::now();
     if (now >= deadline) return false;

@@ -37,6 +37,9 @@ class KvmPciPlatform final : public virtio::PciPlatform {
   void add_irqfd(int fd, uint32_t gsi) override { vm_.assign_irqfd(fd, gsi); }
   void remove_irqfd(int fd, uint32_t gsi) override { vm_.deassign_irqfd(fd, gsi); }
   void set_intx(uint32_t gsi, bool level) override { vm_.set_irq_line(gsi, level); }
+  // The I/O thread is the loop's: device lifecycle changes wait for it (or run here when it no
+  // longer dispatches, at shutdown).
+  void run_on_io_thread(const std::function<void()>& fn) override { loop_.call(fn); }
 
  private:
   Vm& vm_;

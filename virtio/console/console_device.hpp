@@ -33,11 +33,13 @@
 // Linux creates every one at probe.
 //
 // Threads and locking. One mutex guards all device state.
-//  - I/O thread: queue_notify(), the backends' Listener callbacks, add_port(), remove_port(),
-//    resize(), and the posted flush of emergency writes. Only this thread calls into backends.
-//  - vCPU threads (transport lock held): activate(), reset(), ack_features(), read_config(),
-//    write_config(). They never call a backend (they only change state under the lock; backend
-//    interest is corrected on the next I/O-thread event).
+//  - I/O thread: queue_notify(), activate() and reset() (the transport runs them there, see
+//    device.hpp), the backends' Listener callbacks, add_port(), remove_port(), resize(), and the
+//    posted flush of emergency writes. Only this thread calls into backends and touches queues.
+//  - vCPU threads (transport lock held): ack_features(), read_config(), write_config(),
+//    emergency writes. They never call a backend or touch a queue (they only change state under
+//    the lock; backend interest is corrected on the next I/O-thread event). activate() and
+//    reset() keep that rule too (they only change state), so they are correct on either thread.
 //  - Backends may call their Listener synchronously from inside readv/writev/want_*/start (e.g.
 //    on_host_connected(false) from a readv that saw the peer go away). Such re-entrant
 //    callbacks are queued and handled when the outer call returns, still under the lock.
@@ -47,7 +49,7 @@
 //    exceed its size (Queue::pop refuses more: a guest re-posting a held head).
 //  - stats() may be called from any thread.
 //  - The PortEventObserver (set_observer) is called on the I/O thread, never under the device
-//    lock: events are queued under the lock (also by activate()/reset() on vCPU threads) and
+//    lock: events are queued under the lock (also by activate()/reset()) and
 //    delivered, in order, when the I/O-thread entry point that saw them (or the next one)
 //    unlocks. It may call port_stats()/stats() and the runtime API.
 // Construct and destroy the device while the I/O loop is not dispatching for it (before the

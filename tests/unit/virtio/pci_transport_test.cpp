@@ -37,6 +37,8 @@ class FakePlatform final : public PciPlatform {
   void add_irqfd(int fd, uint32_t gsi) override { irqfds[gsi] = fd; }
   void remove_irqfd(int, uint32_t gsi) override { irqfds.erase(gsi); }
   void set_intx(uint32_t gsi, bool level) override { intx[gsi] = level; }
+  // One thread plays vCPU and I/O thread (poll()): run at once.
+  void run_on_io_thread(const std::function<void()>& fn) override { fn(); }
 
   // Runs the I/O thread's work: every watched handler (each drains its own eventfd).
   void poll() {

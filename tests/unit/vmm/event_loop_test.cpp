@@ -5,6 +5,10 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <stdexcept>
+#include <thread>
+
 #include "vmm/fd.hpp"
 
 namespace pier {
@@ -42,6 +46,89 @@ TEST(EventLoop, RunUntilDispatchesAfterStopUntilDoneOrTheDeadline) {
   EXPECT_GE(waited, 200ms);
   EXPECT_LT(waited, 5s);
   loop.remove(fd.get());
+}
+
+TEST(EventLoop, CallRunsOnTheLoopThreadAndReturnsWhenDone) {
+  EventLoop loop;
+  std::thread::id loop_id;
+  std::atomic<bool> dispatching{false};
+  loop.post([&] { dispatching = true; });
+  std::thread io([&] {
+    loop_id = std::this_thread::get_id();
+    loop.run();
+  });
+  while (!dispatching) std::this_thread::yield();
+  std::thread::id ran_on;
+  bool nested_ran = false;
+  loop.call([&] {
+    ran_on = std::this_thread::get_id();
+    EXPECT_TRUE(loop.on_loop_thread());
+    // call() from the loop thread itself runs inline instead of waiting for itself.
+    loop.call([&] { nested_ran = true; });
+  });
+  EXPECT_EQ(ran_on, loop_id);
+  EXPECT_TRUE(nested_ran);
+  EXPECT_FALSE(loop.on_loop_thread());
+  EXPECT_THROW(loop.call([] { throw std::runtime_error("boom"); }), std::runtime_error);
+  loop.stop();
+  io.join();
+}
+
+TEST(EventLoop, CallWithNobodyDispatchingRunsOnTheCaller) {
+  EventLoop loop;
+  std::thread::id ran_on;
+  loop.call([&] { ran_on = std::this_thread::get_id(); });
+  EXPECT_EQ(ran_on, std::this_thread::get_id());
+  // The queued entry it left behind does nothing when the loop runs later.
+  int runs = 0;
+  loop.call([&] { ++runs; });
+  loop.post([&] { loop.stop(); });
+  loop.run();
+  EXPECT_EQ(runs, 1);
+}
+
+// A caller waiting for the loop when the loop stops before getting to it: the caller runs the
+// function itself instead of waiting forever (a vCPU writing a register at shutdown).
+TEST(EventLoop, CallDoesNotWaitForAStoppedLoop) {
+  EventLoop loop;
+  std::atomic<bool> caller_waiting{false};
+  std::thread io([&] { loop.run(); });
+  loop.post([&] {
+    while (!caller_waiting) std::this_thread::yield();
+    std::this_thread::sleep_for(50ms);  // the caller is in call() by now
+    loop.stop();
+  });
+  std::thread::id ran_on;
+  std::thread caller([&] {
+    caller_waiting = true;
+    loop.call([&] { ran_on = std::this_thread::get_id(); });
+  });
+  const auto caller_id = caller.get_id();
+  caller.join();
+  io.join();
+  EXPECT_EQ(ran_on, caller_id);
+}
+
+// run() does not start dispatching while a call() runs inline on another thread.
+TEST(EventLoop, RunWaitsForAnInlineCall) {
+  EventLoop loop;
+  std::atomic<bool> inline_started{false}, inline_done{false};
+  std::thread caller([&] {
+    loop.call([&] {
+      inline_started = true;
+      std::this_thread::sleep_for(100ms);
+      inline_done = true;
+    });
+  });
+  while (!inline_started) std::this_thread::yield();
+  bool done_when_dispatching = false;
+  loop.post([&] {
+    done_when_dispatching = inline_done;
+    loop.stop();
+  });
+  loop.run();
+  caller.join();
+  EXPECT_TRUE(done_when_dispatching);
 }
 
 }  // namespace
