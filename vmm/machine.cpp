@@ -539,7 +539,7 @@ void Machine::kick_vcpus() {
   }
 }
 
-void Machine::vcpu_thread(unsigned index) {
+void Machine::vcpu_thread(unsigned index, seccomp::Filter filter) {
   // Only the I/O thread handles process signals; vCPU threads take just the kick.
   sigset_t set;
   sigemptyset(&set);
@@ -547,6 +547,8 @@ void Machine::vcpu_thread(unsigned index) {
   ::pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
   Vcpu& vcpu = *vcpus_[index];
   try {
+    // From here on this thread only runs the guest and handles its exits.
+    filter.install();
     while (!stopping_.load(std::memory_order_relaxed)) {
       const int err = vcpu.run();
       if (err == EINTR || err == EAGAIN) {
@@ -823,11 +825,27 @@ int Machine::run() {
     if (::read(fd, &ticks, sizeof(ticks)) == sizeof(ticks)) watch_for_hang();
   });
 
+  // seccomp: every filter is built now (a failure is a set-up error); each vCPU thread loads its
+  // own as it starts, and this thread (the I/O thread, which also serves the API) loads its own
+  // once the vCPU threads exist: it never creates a thread or opens KVM again.
+  std::vector<seccomp::Filter> vcpu_filters;
+  for (size_t i = 0; i < vcpus_.size(); ++i) {
+    vcpu_filters.emplace_back(seccomp::ThreadClass::kVcpu, config_.seccomp);
+  }
+  seccomp::Filter io_filter(seccomp::ThreadClass::kIo, config_.seccomp);
+  if (config_.seccomp == seccomp::Mode::kOn) seccomp::install_trap_handler();
+  if (config_.seccomp != seccomp::Mode::kOff) {
+    log::info("seccomp: {} (filters per thread: vcpu, io)", seccomp::to_string(config_.seccomp));
+  }
+
   threads_.reserve(vcpus_.size());
   for (unsigned i = 0; i < vcpus_.size(); ++i) {
-    threads_.emplace_back([this, i] { vcpu_thread(i); });
+    threads_.emplace_back([this, i, filter = std::move(vcpu_filters[i])]() mutable {
+      vcpu_thread(i, std::move(filter));
+    });
   }
   if (stopping_) kick_vcpus();  // a stop requested while threads were starting
+  io_filter.install();
 
   loop_.run();
   kick_vcpus();

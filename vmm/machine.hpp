@@ -20,6 +20,7 @@
 #include "vmm/host_profile.hpp"
 #include "vmm/irq_routing.hpp"
 #include "vmm/kvm.hpp"
+#include "vmm/seccomp.hpp"
 
 namespace pier {
 
@@ -71,6 +72,8 @@ struct MachineConfig {
   std::string kvm_device = "/dev/kvm";
   std::string dump_dtb;    // write the device tree here and do not run
   std::string api_socket;  // the runtime API's unix socket (empty: none)
+  // seccomp filters on the vCPU threads and the I/O thread once the VM runs (vmm/seccomp.hpp).
+  seccomp::Mode seccomp = seccomp::Mode::kOn;
 };
 
 class Machine {
@@ -96,7 +99,7 @@ class Machine {
   void create_virtio_devices();
   void load_guest();
   void create_vcpus();
-  void vcpu_thread(unsigned index);
+  void vcpu_thread(unsigned index, seccomp::Filter filter);
   bool handle_exit(Vcpu& vcpu);
   void kick_vcpus();
   void log_memory_footprint() const;

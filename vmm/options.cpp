@@ -153,7 +153,7 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
   unsigned time_dilation = 0;
   std::vector<std::string> guest_command;
   std::vector<std::string> port_texts;
-  std::string cmdline, console, resize_order, console_ring, config_file;
+  std::string cmdline, console, resize_order, console_ring, config_file, seccomp_mode;
   po::options_description desc(
       "Usage: pier run [options] [-- command for the default guest's init]\n\nOptions");
   // clang-format off
@@ -209,6 +209,10 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
      "error, warn, info, debug or trace (to stderr)")
     ("kvm-device", po::value<std::string>(&out.machine.kvm_device)->default_value("/dev/kvm"),
      "the KVM device node")
+    ("seccomp", po::value<std::string>(&seccomp_mode)->default_value("on"),
+     "system call filters on pier's vCPU and I/O threads once the guest runs: on (a forbidden "
+     "call ends pier by SIGSYS and names the call), off (for debugging) or log (allowed, logged "
+     "by the kernel: for finding what a filter lacks)")
     ("dump-dtb", po::value<std::string>(&out.machine.dump_dtb),
      "write the machine's device tree (the one the guest gets) to FILE and exit; "
      "dtc -I dtb FILE shows it");
@@ -347,6 +351,7 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
     throw Error(
         fmt::format("unknown --boot-method '{}' (use auto, bzimage or direct)", boot_method));
   }
+  out.machine.seccomp = seccomp::parse_mode(seccomp_mode);
   out.machine.host = select_host_profile(host_profile);
   out.machine.host.kvm_device = out.machine.kvm_device;
   if (vm.count("time-dilation")) {

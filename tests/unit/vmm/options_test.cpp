@@ -230,4 +230,26 @@ TEST(RunOptions, ApiSocketImpliesTheConsoleDevice) {
 }
 
 }  // namespace
+TEST(RunOptions, SeccompIsOnByDefaultAndSettableByFlagOrFile) {
+  EXPECT_EQ(parse_run_options({"--kernel", "/k"}).machine.seccomp, seccomp::Mode::kOn);
+  EXPECT_EQ(parse_run_options({"--kernel", "/k", "--seccomp", "off"}).machine.seccomp,
+            seccomp::Mode::kOff);
+  EXPECT_EQ(parse_run_options({"--kernel", "/k", "--seccomp", "log"}).machine.seccomp,
+            seccomp::Mode::kLog);
+  EXPECT_EQ(parse_run_options({"--kernel", "/k", "--seccomp", "on"}).machine.seccomp,
+            seccomp::Mode::kOn);
+  try {
+    parse_run_options({"--kernel", "/k", "--seccomp", "maybe"});
+    FAIL() << "--seccomp maybe must be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("on, off or log"), std::string::npos) << e.what();
+  }
+  ConfigFile conf("kernel = /k\nseccomp = off\n");
+  EXPECT_EQ(parse_run_options({"--config", conf.path}).machine.seccomp, seccomp::Mode::kOff);
+  // The command line wins over the file.
+  EXPECT_EQ(parse_run_options({"--config", conf.path, "--seccomp", "log"}).machine.seccomp,
+            seccomp::Mode::kLog);
+  EXPECT_NE(parse_run_options({"--help"}).help_text.find("--seccomp"), std::string::npos);
+}
+
 }  // namespace pier
