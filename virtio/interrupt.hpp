@@ -19,6 +19,13 @@ class Interrupt {
   // A configuration-change notification: the device changed its config space (the transport
   // bumps config_generation first) or entered NEEDS_RESET.
   virtual void signal_config() = 0;
+
+  // Device -> transport: call queue_notify(queue_index) again on the I/O thread, after the
+  // events that are waiting now. For a device that stopped at its per-run work budget with
+  // buffers still available: the driver will not kick for those (it already did), and looping
+  // until the ring is empty would let a guest that keeps adding buffers hold the I/O thread.
+  // virtio-pci signals the queue's notify eventfd, as a guest kick would.
+  virtual void notify_again(uint16_t queue_index) = 0;
 };
 
 }  // namespace pier::virtio

@@ -150,6 +150,12 @@ class PciTransport::InterruptImpl final : public Interrupt {
     t_.config_generation_.fetch_add(1, std::memory_order_relaxed);
     deliver(config_vector.load(std::memory_order_relaxed), kIsrConfig);
   }
+  void notify_again(uint16_t queue_index) override {
+    if (queue_index >= t_.queue_state_.size()) return;
+    const uint64_t one = 1;
+    [[maybe_unused]] ssize_t n =
+        ::write(t_.queue_state_[queue_index].notify_fd.get(), &one, sizeof(one));
+  }
   std::atomic<uint16_t> config_vector{kNoVector};
   std::atomic<uint8_t> isr{0};
 

@@ -29,7 +29,16 @@ void RngDevice::reset() {
 void RngDevice::queue_notify(uint16_t index) {
   if (index != 0 || queue_ == nullptr || !queue_->ready()) return;
   bool pushed = false;
-  while (auto chain = queue_->pop()) {
+  size_t served = 0;
+  while (true) {
+    if (served == requests_per_run_) {
+      // The rest after the I/O thread's other events (Interrupt::notify_again).
+      if (queue_->has_available()) interrupt_->notify_again(0);
+      break;
+    }
+    auto chain = queue_->pop();
+    if (!chain) break;
+    ++served;
     // At most 64 KiB per request: Linux asks for small amounts; a huge buffer gets a part.
     size_t want = std::min<size_t>(chain->writable_length(), 64 * 1024);
     size_t written = 0;

@@ -3,6 +3,7 @@
 // driver posts is filled from the host's getrandom(2). Linux drives it with virtio_rng, which
 // feeds the kernel's hwrng (/dev/hwrng). pier's first virtio device: small, real, and enough to
 // exercise the transport end to end.
+#include <cstddef>
 #include <cstdint>
 
 #include "virtio/device.hpp"
@@ -12,6 +13,11 @@ namespace pier::virtio {
 
 class RngDevice final : public Device {
  public:
+  // `requests_per_run`: buffers served per notification before the device asks for another
+  // (Interrupt::notify_again), so a guest that re-posts as fast as the device completes cannot
+  // keep the I/O thread here.
+  explicit RngDevice(size_t requests_per_run = 256) : requests_per_run_(requests_per_run) {}
+
   std::string_view name() const override { return "virtio-rng"; }
   uint32_t device_id() const override { return kDeviceIdEntropy; }
   uint64_t device_features() const override;
@@ -31,6 +37,7 @@ class RngDevice final : public Device {
   Queue* queue_ = nullptr;
   Interrupt* interrupt_ = nullptr;
   uint64_t bytes_served_ = 0;
+  const size_t requests_per_run_;
 };
 
 }  // namespace pier::virtio

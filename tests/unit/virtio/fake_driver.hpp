@@ -462,6 +462,16 @@ class FakeTransport : public Interrupt, public QueueErrorHandler {
 
   void signal_queue(uint16_t queue_index) override { ++queue_interrupts_.at(queue_index); }
   void signal_config() override { ++config_interrupts_; }
+  // The device asked to be notified again (its per-run budget ran out): kept until the test
+  // delivers it with run_notify_again(), like the eventfd the I/O loop reads later.
+  void notify_again(uint16_t queue_index) override { notify_again_.push_back(queue_index); }
+  // Delivers the pending notify_again() requests (not the ones they cause); returns how many.
+  size_t run_notify_again() {
+    std::vector<uint16_t> pending;
+    pending.swap(notify_again_);
+    for (uint16_t q : pending) notify(q);
+    return pending.size();
+  }
   void on_queue_error(const Queue& queue) override {
     errors_.push_back(queue.describe_fault());
     // "If the device has experienced an error from which it can't recover ... it SHOULD set
@@ -478,6 +488,7 @@ class FakeTransport : public Interrupt, public QueueErrorHandler {
   std::vector<size_t> queue_interrupts_;
   std::vector<size_t> kicks_;
   size_t config_interrupts_ = 0;
+  std::vector<uint16_t> notify_again_;
   uint64_t features_ = 0;
   uint8_t status_ = 0;
   std::vector<std::string> errors_;
