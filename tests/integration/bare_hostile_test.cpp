@@ -118,6 +118,7 @@ TEST_P(BareHostile, PierStaysBoundedAnswersTheApiAndStopsOnSigterm) {
   EXPECT_LT(first_s, 2.0);
   EXPECT_LT(last_s, 2.0);
   EXPECT_LT(stop_s, 5.0) << r.describe();
+  EXPECT_GT(rss_before, 0u) << "RssAnon of pid " << pid << " unreadable";
   EXPECT_LT(rss_after, rss_before + (32ull << 20))
       << "pier's anonymous memory grew from " << rss_before << " to " << rss_after;
   size_t log_lines = 0;
@@ -130,11 +131,10 @@ TEST_P(BareHostile, PierStaysBoundedAnswersTheApiAndStopsOnSigterm) {
     EXPECT_NE(r.err.find(h.pier_says), std::string::npos) << r.describe();
   }
   std::printf(
-      "[   INFO   ] %s: vm-status answered in %.3f s and %.3f s under attack, RssAnon %+.1f MiB "
-      "over 4 s, %zu log lines, SIGTERM to exit %.3f s\n",
-      h.mode, first_s, last_s,
-      (static_cast<double>(rss_after) - static_cast<double>(rss_before)) / (1 << 20), log_lines,
-      stop_s);
+      "[   INFO   ] %s: vm-status answered in %.3f s and %.3f s under attack, RssAnon %.1f -> "
+      "%.1f MiB over 4 s, %zu log lines, SIGTERM to exit %.3f s\n",
+      h.mode, first_s, last_s, static_cast<double>(rss_before) / (1 << 20),
+      static_cast<double>(rss_after) / (1 << 20), log_lines, stop_s);
 }
 
 INSTANTIATE_TEST_SUITE_P(Attacks, BareHostile,
