@@ -38,6 +38,7 @@
 
 #include "devices/chardev/port_backend.hpp"
 #include "unit/api/fake_target.hpp"
+#include "unit/devices/port_test_util.hpp"
 #include "vmm/api/server.hpp"
 #include "vmm/error.hpp"
 #include "vmm/event_loop.hpp"
@@ -48,6 +49,7 @@ namespace pier::seccomp {
 namespace {
 
 using namespace std::chrono_literals;
+using chardev::port_test::unix_connect;
 
 constexpr int kGotPast = 42;  // a child that survived a call its filter must forbid
 
@@ -388,15 +390,6 @@ class Recorder : public chardev::PortBackend::Listener {
   bool readable_ = false;
 };
 
-UniqueFd connect_unix(const std::string& path) {
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return {};
-  return fd;
-}
-
 std::string temp_dir() {
   std::string dir = "/tmp/pier-seccomp-XXXXXX";
   if (::mkdtemp(dir.data()) == nullptr) throw std::runtime_error("mkdtemp");
@@ -424,7 +417,7 @@ TEST(SeccompIo, WhatTheIoThreadDoesIsAllowed) {
     // A listening unix socket port with a client: bytes both ways.
     Recorder unix_rec;
     auto unix_port = start("socket=" + dir + "/port.sock", unix_rec);
-    UniqueFd client = connect_unix(dir + "/port.sock");
+    UniqueFd client = unix_connect(dir + "/port.sock");
     if (!client) return 10;
     if (!run_until([&] { return unix_rec.connected_; })) return 11;
     unix_port->want_input(true);
@@ -535,7 +528,7 @@ TEST(SeccompIo, PortsApiServerAndExitRunUnderTheFilter) {
     api::testing::FakeTarget target;
     api::Server server(loop, dir + "/api.sock", target);
     server.start();
-    UniqueFd api = connect_unix(dir + "/api.sock");
+    UniqueFd api = unix_connect(dir + "/api.sock");
     if (!api) return 20;
     const std::string request = "{\"cmd\":\"ports\"}\n";
     if (::write(api.get(), request.data(), request.size()) !=
