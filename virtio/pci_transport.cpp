@@ -437,7 +437,11 @@ void PciTransport::common_write(uint64_t offset, std::span<const uint8_t> data) 
       }
       return;
     case kConfigMsixVector:
-      interrupt_->config_vector.store(static_cast<uint16_t>(value));
+      // A vector the table does not have reads back as NO_VECTOR (virtio 1.2 §4.1.5.1.2), as
+      // for queues: the driver sees the mapping failed, and no signal goes to a bad index.
+      interrupt_->config_vector.store(static_cast<uint16_t>(value) < msix_.vectors()
+                                          ? static_cast<uint16_t>(value)
+                                          : kNoVector);
       return;
     case kDeviceStatus:
       lock.unlock();
@@ -514,7 +518,18 @@ void PciTransport::set_status(uint8_t status) {
       status &= static_cast<uint8_t>(~kStatusFeaturesOk);
     }
   }
-  const bool driver_ok = (status & kStatusDriverOk) && !(status_ & kStatusDriverOk);
+  // Only a reset (status 0) clears bits (virtio 1.2 §2.1.2: the driver must not clear one). A
+  // write that would clear some keeps them: otherwise DRIVER_OK cleared and set again would
+  // activate a running device a second time, and FEATURES_OK would renegotiate under it.
+  if (status_ & ~status) {
+    static log::OnceFlag once;
+    if (once.first()) {
+      log::warn("{}: driver wrote status {:#x} over {:#x}: bits are cleared only by a reset",
+                device_->name(), status, status_);
+    }
+    status |= status_;
+  }
+  const bool driver_ok = (status & kStatusDriverOk) && !activated_;
   status_ =
       static_cast<uint8_t>(status & ~kStatusNeedsReset);  // the device's bit, not the driver's
   if (driver_ok && (status_ & kStatusFeaturesOk)) activate_locked();
@@ -616,16 +631,23 @@ void PciTransport::map_bars_locked() {
            !memory_.contains(base, 1) && !memory_.contains(base + size - 1, 1);
   };
   if (!sane(bar0, bar0_size) || !sane(msix, msix_size)) return;
+  size_t ioeventfds_added = 0;
   try {
     platform_.add_mmio(bar0, bar0_size, bar0_);
     platform_.add_mmio(msix, msix_size, msix_bar_);
-    for (size_t q = 0; q < queue_state_.size(); ++q) {
-      platform_.add_ioeventfd(queue_state_[q].notify_fd.get(),
-                              bar0 + kNotifyOffset + q * kNotifyMultiplier);
+    for (; ioeventfds_added < queue_state_.size(); ++ioeventfds_added) {
+      platform_.add_ioeventfd(queue_state_[ioeventfds_added].notify_fd.get(),
+                              bar0 + kNotifyOffset + ioeventfds_added * kNotifyMultiplier);
     }
   } catch (const Error& e) {
+    // Undo all of it: an ioeventfd left registered at an address pier no longer decodes would
+    // swallow whatever the guest maps there next (and leak a KVM io-bus slot per attempt).
     static log::OnceFlag once;
     if (once.first()) log::warn("{}: BARs not mapped: {}", device_->name(), e.what());
+    for (size_t q = 0; q < ioeventfds_added; ++q) {
+      platform_.remove_ioeventfd(queue_state_[q].notify_fd.get(),
+                                 bar0 + kNotifyOffset + q * kNotifyMultiplier);
+    }
     platform_.remove_mmio(bar0, bar0_.get());
     platform_.remove_mmio(msix, msix_bar_.get());
     return;

@@ -12,6 +12,7 @@
 #include "boot/layout.hpp"
 #include "virtio/rng.hpp"
 #include "virtio/virtio.hpp"
+#include "vmm/error.hpp"
 
 namespace pier::virtio {
 namespace {
@@ -25,7 +26,11 @@ class FakePlatform final : public PciPlatform {
     auto it = mmio.find(base);
     if (it != mmio.end() && it->second.get() == device) mmio.erase(it);
   }
-  void add_ioeventfd(int fd, uint64_t address) override { ioeventfds[address] = fd; }
+  void add_ioeventfd(int fd, uint64_t address) override {
+    if (ioeventfds_until_failure >= 0 && ioeventfds_until_failure-- == 0)
+      throw Error("KVM_IOEVENTFD: no space left on the io bus (fake)");
+    ioeventfds[address] = fd;
+  }
   void remove_ioeventfd(int, uint64_t address) override { ioeventfds.erase(address); }
   void watch(int fd, std::function<void()> fn) override { watched[fd] = std::move(fn); }
   void unwatch(int fd) override { watched.erase(fd); }
@@ -52,6 +57,30 @@ class FakePlatform final : public PciPlatform {
   std::map<uint32_t, int> irqfds;
   std::map<uint32_t, bool> intx;
   uint32_t next_gsi = 24;
+  int ioeventfds_until_failure = -1;  // >= 0: that many more succeed, then one throws
+};
+
+// Counts what the transport asks of it; `queues` queues of 8.
+class CountingDevice final : public Device {
+ public:
+  explicit CountingDevice(size_t queues) : queues_(queues) {}
+  std::string_view name() const override { return "counting"; }
+  uint32_t device_id() const override { return 4; }
+  uint64_t device_features() const override { return kQueueFeatures; }
+  bool ack_features(uint64_t) override { return true; }
+  size_t config_size() const override { return 0; }
+  void read_config(uint64_t, std::span<uint8_t> out) override { read_config_bytes({}, 0, out); }
+  void write_config(uint64_t, std::span<const uint8_t>) override {}
+  size_t num_queues() const override { return queues_; }
+  uint16_t queue_max_size(size_t) const override { return 8; }
+  void activate(std::span<Queue>, Interrupt&) override { ++activations; }
+  void reset() override { ++resets; }
+  void queue_notify(uint16_t) override {}
+
+  int activations = 0, resets = 0;
+
+ private:
+  size_t queues_;
 };
 
 uint64_t eventfd_count(int fd) {
@@ -249,6 +278,58 @@ TEST_F(PciTransportTest, GarbageRegisterAccessesAreHarmless) {
   w<uint16_t>(0x1c, 1);
   w<uint16_t>(PciTransport::kNotifyOffset + 4 * 50, 0);  // notify for a queue that does not exist
   EXPECT_EQ(r<uint8_t>(0x14), 0u);
+}
+
+TEST_F(PciTransportTest, ConfigMsixVectorTheTableLacksReadsBackAsNoVector) {
+  enable_memory();
+  w<uint16_t>(0x10, 1);  // config_msix_vector: the rng has vectors 0 and 1
+  EXPECT_EQ(r<uint16_t>(0x10), 1u);
+  w<uint16_t>(0x10, 2);
+  EXPECT_EQ(r<uint16_t>(0x10), 0xffffu);
+  w<uint16_t>(0x10, 0x7ff);
+  EXPECT_EQ(r<uint16_t>(0x10), 0xffffu);
+}
+
+// Only a reset clears status bits: a driver that clears DRIVER_OK and sets it again gets one
+// activation, and the bits it tried to clear stay.
+TEST_F(PciTransportTest, StatusBitsAreClearedOnlyByAReset) {
+  auto device = std::make_unique<CountingDevice>(1);
+  CountingDevice& counts = *device;
+  transport = std::make_shared<PciTransport>(std::move(device), memory, platform, bus);
+  transport->attach();
+  enable_memory();
+  negotiate(kFeatureVersion1);
+  const uint8_t running = kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk | kStatusDriverOk;
+  w<uint8_t>(0x14, running);
+  EXPECT_EQ(counts.activations, 1);
+  for (uint8_t again : {uint8_t{kStatusAcknowledge}, uint8_t{0x02}, running, uint8_t{0x04}}) {
+    w<uint8_t>(0x14, again);
+    EXPECT_EQ(r<uint8_t>(0x14), running) << int(again);
+  }
+  EXPECT_EQ(counts.activations, 1);
+  EXPECT_EQ(counts.resets, 0);
+  w<uint8_t>(0x14, 0);
+  EXPECT_EQ(r<uint8_t>(0x14), 0u);
+  EXPECT_EQ(counts.resets, 1);
+  negotiate(kFeatureVersion1);
+  w<uint8_t>(0x14, running);
+  EXPECT_EQ(counts.activations, 2);
+}
+
+// KVM refusing the second queue's ioeventfd (its io bus full) leaves no BAR and no ioeventfd
+// behind; the next successful mapping has them all.
+TEST_F(PciTransportTest, BarMappingThatFailsHalfwayLeavesNothingRegistered) {
+  transport =
+      std::make_shared<PciTransport>(std::make_unique<CountingDevice>(3), memory, platform, bus);
+  transport->attach();
+  platform.ioeventfds_until_failure = 1;
+  enable_memory();
+  EXPECT_TRUE(platform.mmio.empty());
+  EXPECT_TRUE(platform.ioeventfds.empty());
+  set_cfg16(pci::cfg::kCommand, 0);
+  enable_memory();
+  EXPECT_EQ(platform.mmio.size(), 2u);
+  EXPECT_EQ(platform.ioeventfds.size(), 3u);
 }
 
 }  // namespace
