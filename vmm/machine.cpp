@@ -214,7 +214,8 @@ class Machine::ApiTarget final : public api::Target {
       api::json v = {{"index", i}, {"exits", exits}};
       if (exits != 0) {
         v["last_exit"] = exit_reason_name(a.last_exit_reason.load(std::memory_order_relaxed));
-        v["last_exit_age_s"] = std::round((now - last) / 1e6) / 1000;
+        // A vCPU may exit between reading `now` and `last`: never print a negative (-0.0) age.
+        v["last_exit_age_s"] = std::round(std::max<int64_t>(0, now - last) / 1e6) / 1000;
       }
       list.push_back(std::move(v));
     }
@@ -513,9 +514,10 @@ std::string Machine::vcpu_activity_summary() const {
     if (exits == 0) {
       s += fmt::format("vCPU {}: no exits", i);
     } else {
-      s += fmt::format("vCPU {}: {} exits, last {} {:.1f} s ago", i, exits,
-                       exit_reason_name(a.last_exit_reason.load(std::memory_order_relaxed)),
-                       (now - a.last_exit_ns.load(std::memory_order_relaxed)) / 1e9);
+      s += fmt::format(
+          "vCPU {}: {} exits, last {} {:.1f} s ago", i, exits,
+          exit_reason_name(a.last_exit_reason.load(std::memory_order_relaxed)),
+          std::max<int64_t>(0, now - a.last_exit_ns.load(std::memory_order_relaxed)) / 1e9);
     }
   }
   return s;
@@ -531,6 +533,7 @@ void Machine::request_stop(StopReason reason) {
 }
 
 void Machine::kick_vcpus() {
+  std::lock_guard lock(threads_mutex_);
   for (size_t i = 0; i < vcpus_.size(); ++i) {
     vcpus_[i]->run_data()->immediate_exit = 1;
     if (i < threads_.size() && threads_[i].joinable()) {
@@ -838,19 +841,28 @@ int Machine::run() {
     log::info("seccomp: {} (filters per thread: vcpu, io)", seccomp::to_string(config_.seccomp));
   }
 
-  threads_.reserve(vcpus_.size());
-  for (unsigned i = 0; i < vcpus_.size(); ++i) {
-    threads_.emplace_back([this, i, filter = std::move(vcpu_filters[i])]() mutable {
-      vcpu_thread(i, std::move(filter));
-    });
+  {
+    std::lock_guard lock(threads_mutex_);
+    threads_.reserve(vcpus_.size());
+    for (unsigned i = 0; i < vcpus_.size(); ++i) {
+      threads_.emplace_back([this, i, filter = std::move(vcpu_filters[i])]() mutable {
+        vcpu_thread(i, std::move(filter));
+      });
+    }
   }
   if (stopping_) kick_vcpus();  // a stop requested while threads were starting
   io_filter.install();
 
   loop_.run();
+  // From here no request_stop() kicks (stopping_ is set), so joining without threads_mutex_
+  // races with nothing; holding it would deadlock with a vCPU thread waiting for it.
+  stopping_.store(true);
   kick_vcpus();
-  for (auto& t : threads_) t.join();
-  threads_.clear();
+  for (auto& t : threads_) t.join();  // only this thread changes threads_ now
+  {
+    std::lock_guard lock(threads_mutex_);
+    threads_.clear();
+  }
   drain_guest_output();
   loop_.remove(signal_fd.get());
   loop_.remove(hang_timer.get());

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -131,6 +132,9 @@ class Machine {
   virtio::console::ConsoleDevice* console_ = nullptr;  // owned by its transport
   std::vector<std::pair<uint32_t, chardev::PortBackend*>> sized_console_ports_;
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
+  // The vCPU threads. run() adds them while a vCPU that already runs may stop the machine
+  // (request_stop -> kick_vcpus reads the list): both hold threads_mutex_.
+  std::mutex threads_mutex_;
   std::vector<std::thread> threads_;
   // What each vCPU thread last did, for vm-status and the stop log: a guest that hangs (no
   // exits for minutes, or the same exit over and over) shows here. Written by its vCPU thread
