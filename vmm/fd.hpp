@@ -34,6 +34,13 @@ class UniqueFd {
   int fd_ = -1;
 };
 
+// A descriptor of our own for `fd`, opened again through /proc/self/fd with O_NONBLOCK, so the
+// flag goes on our open file description only. Setting it on fd 0/1/2 themselves would also make
+// the terminal or pipe that the other standard streams (and the parent shell) share non-blocking.
+// Only terminals and pipes are opened again: a regular file would start over at offset 0 (and
+// never blocks anyway), a socket cannot be opened this way. Invalid otherwise.
+UniqueFd reopen_private_nonblocking(int fd, int access);
+
 // An mmap'ed range, unmapped on destruction.
 class Mapping {
  public:

@@ -826,6 +826,7 @@ int Machine::run() {
   loop_.add(hang_timer.get(), EPOLLIN, [this, fd = hang_timer.get()](uint32_t) {
     uint64_t ticks = 0;
     if (::read(fd, &ticks, sizeof(ticks)) == sizeof(ticks)) watch_for_hang();
+    log::flush_pending();  // log lines a congested stderr did not take at once
   });
 
   // seccomp: every filter is built now (a failure is a set-up error); each vCPU thread loads its

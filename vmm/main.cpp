@@ -1,6 +1,7 @@
 // pier: a KVM virtual machine monitor. `pier run ...` boots a guest; see README.md.
 #include <fmt/format.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <string>
@@ -37,6 +38,12 @@ int run_command(const std::vector<std::string>& args) {
     return 0;
   }
   pier::log::set_level(pier::log::parse_level(options.log_level));
+  // From here no thread waits for stderr (a vCPU logging into a full pipe would stop the
+  // guest). Destroyed after the machine: its last lines get up to 2 s to get out.
+  pier::log::never_block_on_stderr();
+  struct DrainLogAtExit {
+    ~DrainLogAtExit() { pier::log::drain(std::chrono::seconds(2)); }
+  } drain_log_at_exit;
   pier::log::info("host profile: {}", options.machine.host.name());
   pier::Machine machine(options.machine);
   if (!options.machine.dump_dtb.empty()) {

@@ -54,6 +54,8 @@ std::vector<Rule> common_rules() {
   std::vector<Rule> r = {
       // Logging (stderr), eventfd signalling (irqfds, the loop's wake-up), serial output.
       {SCMP_SYS(write), {}},
+      // Log lines to a stderr that is a socket (a journal stream): send(MSG_DONTWAIT), fd 2 only.
+      {SCMP_SYS(sendto), {SCMP_A0(SCMP_CMP_EQ, STDERR_FILENO)}},
       // Locks, condition variables, thread joins.
       {SCMP_SYS(futex), {}},
       {SCMP_SYS(sched_yield), {}},

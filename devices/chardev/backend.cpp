@@ -38,19 +38,6 @@ struct SavedTerminal {
   }
 };
 
-// A descriptor of our own for stdin/stdout, opened again through /proc/self/fd, so O_NONBLOCK
-// goes on our open file description only. Setting it on fd 0/1 themselves would also make the
-// terminal or pipe that stderr (and the parent shell) share non-blocking: log lines then fail
-// with EAGAIN. Only terminals and pipes are opened again: a regular file would start over at
-// offset 0 (and never blocks anyway), a socket cannot be opened this way. Invalid otherwise.
-UniqueFd reopen_private(int fd, int access) {
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) return {};
-  if (!S_ISFIFO(st.st_mode) && !(S_ISCHR(st.st_mode) && ::isatty(fd))) return {};
-  const std::string path = "/proc/self/fd/" + std::to_string(fd);
-  return UniqueFd(::open(path.c_str(), access | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
-}
-
 SavedTerminal& saved_terminal() {
   static SavedTerminal state;
   return state;
@@ -93,12 +80,12 @@ class StdioBackend final : public Backend {
     static std::once_flag registered;
     std::call_once(registered, [] { std::atexit(restore_terminal_at_exit); });
     if (saved.stdin_flags >= 0) {
-      in_ = reopen_private(STDIN_FILENO, O_RDONLY);
+      in_ = reopen_private_nonblocking(STDIN_FILENO, O_RDONLY);
       // Fallback (a socket on stdin): the shared description, restored at exit.
       if (!in_) ::fcntl(STDIN_FILENO, F_SETFL, saved.stdin_flags | O_NONBLOCK);
     }
     if (saved.stdout_flags >= 0) {
-      out_ = reopen_private(STDOUT_FILENO, O_WRONLY);
+      out_ = reopen_private_nonblocking(STDOUT_FILENO, O_WRONLY);
       if (!out_) ::fcntl(STDOUT_FILENO, F_SETFL, saved.stdout_flags | O_NONBLOCK);
     }
     // stdin may be closed or /dev/null (CI): then there is simply no input.
@@ -126,7 +113,8 @@ class StdioBackend final : public Backend {
  private:
   QuitHandler quit_;
   EscapeFilter escape_;
-  UniqueFd in_, out_;  // private non-blocking descriptions of stdin/stdout (reopen_private)
+  UniqueFd in_, out_;  // private non-blocking descriptions of stdin/stdout
+                       // (reopen_private_nonblocking in vmm/fd.hpp)
   bool interactive_ = false;
   bool has_input_ = false;
 };
