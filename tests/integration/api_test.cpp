@@ -31,7 +31,6 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 using namespace std::chrono_literals;
 
-
 // Sends `data` on a port socket and reads the guest's echo of it.
 std::string echo_through(int fd, const std::string& data, std::chrono::milliseconds timeout) {
   std::string got;
@@ -123,7 +122,8 @@ class Api : public ::testing::Test {
   std::unique_ptr<LineClient> console_;
 };
 
-json add(LineClient& api, const std::string& name, const std::string& backend, bool console = false) {
+json add(LineClient& api, const std::string& name, const std::string& backend,
+         bool console = false) {
   return api.call(
       {{"cmd", "port-add"}, {"name", name}, {"backend", backend}, {"console", console}});
 }
@@ -457,8 +457,16 @@ TEST_F(Api, PierCtlAndPierPortFromAShell) {
   auto events = std::async(std::launch::async, [&] {
     return run_capture({"ctl", "--api-socket", api, "events", "--count", "3"});
   });
-  std::this_thread::sleep_for(300ms);  // let it connect
+  // Events go to the clients connected when they happen: wait until pier has the events
+  // client (vm-status counts itself too), however slowly that process starts.
   int status = -1;
+  for (int i = 0; i < 600; ++i) {
+    const std::string s =
+        run_capture({"ctl", "--api-socket", api, "--json", "vm-status"}, "", &status);
+    const json j = json::parse(s, nullptr, false);
+    if (j.is_object() && j["result"].value("api_clients", 0) >= 2) break;
+    std::this_thread::sleep_for(100ms);
+  }
   std::string out = run_capture(
       {"ctl", "--api-socket", api, "port-add", "org.pier.shell", "socket=" + sock("shell")}, "",
       &status);
