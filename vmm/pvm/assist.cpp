@@ -140,6 +140,11 @@ bool PvmAssist::apply(Vcpu& vcpu, const EmulationPlan& plan) {
       return false;
     }
   }
+  if (plan.fault_address) {  // #PF: CR2 first, as the CPU sets it
+    kvm_sregs sregs = vcpu.sregs();
+    sregs.cr2 = *plan.fault_address;
+    vcpu.set_sregs(sregs);
+  }
   // KVM_SET_REGS drops a pending exception, so the registers go first.
   vcpu.set_regs(plan.regs);
   if (plan.inject_vector) {
@@ -190,8 +195,8 @@ bool PvmAssist::on_debug_exit(Vcpu& vcpu) {
     st.first_step = st.stepping_over = false;
     if (ap_start) {
       bump(Completion::kApStart);
-      log::debug("pvm: vCPU {}: first instruction done (pc {:#x}, dr6 {:#x})", vcpu.index(),
-                 dbg.pc, dbg.dr6);
+      log::debug("pvm: vCPU {}: first instruction done (pc {:#x}, dr6 {:#x})", vcpu.index(), dbg.pc,
+                 dbg.dr6);
       ensure_armed(vcpu, st, vcpu.sregs());
     }
     set_debug(vcpu, st, false);
@@ -215,9 +220,10 @@ bool PvmAssist::on_debug_exit(Vcpu& vcpu) {
     const PageFaultPlan plan = plan_page_fault_hit(memory_, regs, sregs, *frame, st.msrs);
     if (!st.logged_first_hit) {
       st.logged_first_hit = true;
-      log::debug("pvm: vCPU {}: first #PF-handler breakpoint: frame rip {:#x} cs {:#x}, "
-                 "handler starts [{}] ({})",
-                 vcpu.index(), frame->rip, frame->cs, plan.step.bytes, plan.step.insn.name);
+      log::debug(
+          "pvm: vCPU {}: first #PF-handler breakpoint: frame rip {:#x} cs {:#x}, "
+          "handler starts [{}] ({})",
+          vcpu.index(), frame->rip, frame->cs, plan.step.bytes, plan.step.insn.name);
     }
     switch (plan.action) {
       case PageFaultPlan::Action::kSyscall:

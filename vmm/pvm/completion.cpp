@@ -57,18 +57,30 @@ kvm_segment flat_segment(uint16_t selector, bool code) {
 
 const char* completion_name(Completion kind) {
   switch (kind) {
-    case Completion::kInt3: return "int3";
-    case Completion::kFwait: return "fwait";
-    case Completion::kClac: return "clac";
-    case Completion::kStac: return "stac";
-    case Completion::kLdmxcsr: return "ldmxcsr";
-    case Completion::kStmxcsr: return "stmxcsr";
-    case Completion::kNop: return "nop";
-    case Completion::kCld: return "cld";
-    case Completion::kSyscall: return "syscall";
-    case Completion::kPageFault: return "page-fault";
-    case Completion::kApStart: return "ap-start";
-    default: return "?";
+    case Completion::kInt3:
+      return "int3";
+    case Completion::kFwait:
+      return "fwait";
+    case Completion::kClac:
+      return "clac";
+    case Completion::kStac:
+      return "stac";
+    case Completion::kLdmxcsr:
+      return "ldmxcsr";
+    case Completion::kStmxcsr:
+      return "stmxcsr";
+    case Completion::kNop:
+      return "nop";
+    case Completion::kCld:
+      return "cld";
+    case Completion::kSyscall:
+      return "syscall";
+    case Completion::kPageFault:
+      return "page-fault";
+    case Completion::kApStart:
+      return "ap-start";
+    default:
+      return "?";
   }
 }
 
@@ -142,6 +154,18 @@ EmulationPlan plan_emulation(const GuestMemory& memory, const kvm_regs& regs,
     case Op::kStmxcsr: {
       if (!insn.has_memory) break;
       const uint64_t address = effective_address(insn, regs, segment_bases(sregs), regs.rip);
+      // The CPU checks the operand against the page tables before it completes; so does pier,
+      // or a user program could have MXCSR stored into the kernel's memory (or a read-only
+      // page), or loaded from it. A violation is the #PF the CPU would raise; RIP stays.
+      const DataAccess access{insn.op == Op::kStmxcsr, !cpl0, (regs.rflags & kRflagsAc) != 0};
+      if (check_access(memory, paging_of(sregs), address, 4, access) == AccessCheck::kProtection) {
+        plan.ok = true;
+        plan.kind = insn.op == Op::kStmxcsr ? Completion::kStmxcsr : Completion::kLdmxcsr;
+        plan.inject_vector = kVectorPf;
+        plan.inject_error_code = 1u | (access.write ? 2u : 0u) | (access.user ? 4u : 0u);
+        plan.fault_address = address;
+        return plan;
+      }
       if (insn.op == Op::kStmxcsr) {
         plan.store_mxcsr_at = address;
         return done(Completion::kStmxcsr);
@@ -191,8 +215,8 @@ std::optional<uint64_t> page_fault_handler(const GuestMemory& memory, const kvm_
   return u16(0) | (u16(6) << 16) | (high << 32);
 }
 
-std::optional<ExceptionFrame> read_exception_frame(const GuestMemory& memory,
-                                                   const kvm_regs& regs, const kvm_sregs& sregs) {
+std::optional<ExceptionFrame> read_exception_frame(const GuestMemory& memory, const kvm_regs& regs,
+                                                   const kvm_sregs& sregs) {
   std::array<uint64_t, 6> f{};
   if (!read_virtual(memory, paging_of(sregs), regs.rsp,
                     std::span(reinterpret_cast<uint8_t*>(f.data()), sizeof(f)))) {
@@ -217,7 +241,11 @@ PageFaultPlan plan_page_fault_hit(const GuestMemory& memory, const kvm_regs& reg
       plan.regs = regs;
       plan.regs.rip = msrs.lstar;
       plan.regs.rsp = frame.rsp;  // SYSCALL keeps the user stack; the kernel switches itself
-      plan.regs.rflags = (regs.r11 & ~msrs.sfmask & ~(kRflagsRf | kRflagsVm)) | kRflagsFixed;
+      // RFLAGS from the CPU's own frame, never from R11: a user program that jumps to LSTAR
+      // (RCX set after some 0f 05 bytes of its own) chooses R11, and would choose IOPL 3 or
+      // whatever SFMASK does not clear. After a real SYSCALL the frame holds RFLAGS already
+      // masked and R11 the user's RFLAGS, as the kernel expects.
+      plan.regs.rflags = (frame.rflags & ~msrs.sfmask & ~(kRflagsRf | kRflagsVm)) | kRflagsFixed;
       const auto selector = static_cast<uint16_t>((msrs.star >> 32) & 0xfffc);
       plan.cs = flat_segment(selector, true);
       plan.ss = flat_segment(static_cast<uint16_t>(selector + 8), false);

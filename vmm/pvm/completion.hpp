@@ -24,17 +24,17 @@ namespace pier::pvm {
 
 // Kinds of completed exits, counted by the assist.
 enum class Completion : uint8_t {
-  kInt3,         // RIP+1, #BP injected
-  kFwait,        // RIP+1
-  kClac,         // RFLAGS.AC cleared
-  kStac,         // RFLAGS.AC set
-  kLdmxcsr,      // MXCSR loaded through KVM_SET_FPU
-  kStmxcsr,      // MXCSR stored to guest memory
-  kNop,          // endbr64/nop/pause: RIP advanced
-  kCld,          // RFLAGS.DF cleared
-  kSyscall,      // user SYSCALL completed into CPL0 at LSTAR
-  kPageFault,    // #PF-handler breakpoint stepped over (a real page fault)
-  kApStart,      // first instruction of an AP (single-step that arms the breakpoint)
+  kInt3,       // RIP+1, #BP injected
+  kFwait,      // RIP+1
+  kClac,       // RFLAGS.AC cleared
+  kStac,       // RFLAGS.AC set
+  kLdmxcsr,    // MXCSR loaded through KVM_SET_FPU
+  kStmxcsr,    // MXCSR stored to guest memory
+  kNop,        // endbr64/nop/pause: RIP advanced
+  kCld,        // RFLAGS.DF cleared
+  kSyscall,    // user SYSCALL completed into CPL0 at LSTAR
+  kPageFault,  // #PF-handler breakpoint stepped over (a real page fault)
+  kApStart,    // first instruction of an AP (single-step that arms the breakpoint)
   kCount,
 };
 const char* completion_name(Completion kind);
@@ -54,11 +54,13 @@ struct EmulationPlan {
   std::string bytes;    // the bytes decoded (for logs)
   std::string problem;  // when !ok: what and, where known, the kernel option that avoids it
   kvm_regs regs{};      // registers to set (RIP advanced, RFLAGS changed) when ok
-  // Exception to inject after setting regs (#BP for int3, #GP(0) for a bad ldmxcsr operand).
+  // Exception to inject after setting regs (#BP for int3, #GP(0) for a bad ldmxcsr operand,
+  // #PF for an operand the page tables forbid), and for #PF the CR2 to set first.
   std::optional<uint8_t> inject_vector;
   std::optional<uint32_t> inject_error_code;
-  std::optional<uint32_t> load_mxcsr;       // ldmxcsr: the value to load
-  std::optional<uint64_t> store_mxcsr_at;   // stmxcsr: linear address to write MXCSR to
+  std::optional<uint64_t> fault_address;
+  std::optional<uint32_t> load_mxcsr;      // ldmxcsr: the value to load
+  std::optional<uint64_t> store_mxcsr_at;  // stmxcsr: linear address to write MXCSR to
 };
 
 // Decides how to complete the instruction the emulator failed on. `bytes` as read by
@@ -75,8 +77,12 @@ struct SyscallMsrs {
 };
 
 struct PageFaultPlan {
-  enum class Action { kSyscall, kStepOverEmulated, kStepOverSingleStep, kFail } action =
-      Action::kFail;
+  enum class Action {
+    kSyscall,
+    kStepOverEmulated,
+    kStepOverSingleStep,
+    kFail
+  } action = Action::kFail;
   std::string problem;
   // kSyscall: the registers and code/stack segments SYSCALL would have produced.
   kvm_regs regs{};
@@ -90,8 +96,8 @@ struct ExceptionFrame {
   uint64_t error = 0, rip = 0, cs = 0, rflags = 0, rsp = 0, ss = 0;
   bool from_user() const { return (cs & 3) == 3; }
 };
-std::optional<ExceptionFrame> read_exception_frame(const GuestMemory& memory,
-                                                   const kvm_regs& regs, const kvm_sregs& sregs);
+std::optional<ExceptionFrame> read_exception_frame(const GuestMemory& memory, const kvm_regs& regs,
+                                                   const kvm_sregs& sregs);
 
 // Called at the breakpoint on the #PF handler (RIP = handler, RSP = `frame`).
 PageFaultPlan plan_page_fault_hit(const GuestMemory& memory, const kvm_regs& regs,

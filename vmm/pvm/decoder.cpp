@@ -67,8 +67,8 @@ bool parse_modrm(Reader& r, const Prefixes& p, CodeSize code_size, Instruction& 
 
   if (m.address_size == 2) {
     static constexpr uint8_t kBase[8] = {3, 3, 5, 5, 6, 7, 5, 3};  // bx bx bp bp si di bp bx
-    static constexpr uint8_t kIndex[8] = {6, 7, 6, 7, MemOperand::kNone, MemOperand::kNone,
-                                          MemOperand::kNone, MemOperand::kNone};
+    static constexpr uint8_t kIndex[8] = {
+        6, 7, 6, 7, MemOperand::kNone, MemOperand::kNone, MemOperand::kNone, MemOperand::kNone};
     if (mod == 0 && rm == 6) {
       if (!r.has(2)) return false;
       m.disp = r.s16();
@@ -223,7 +223,7 @@ Instruction decode_0f01(Reader& r, const Prefixes& p, CodeSize cs, Instruction i
   }
   uint8_t mod = 0;
   if (!parse_modrm(r, p, cs, insn, mod)) return truncated();
-  static constexpr const char* kNames[8] = {"sgdt", "sidt", "lgdt", "lidt",
+  static constexpr const char* kNames[8] = {"sgdt", "sidt",     "lgdt", "lidt",
                                             "smsw", "0f 01 /5", "lmsw", "invlpg"};
   return finish(insn, Op::kOther, kNames[insn.modrm_reg & 7], r);
 }
@@ -241,18 +241,49 @@ Instruction decode(std::span<const uint8_t> bytes, CodeSize code_size) {
     const uint8_t b = r.peek();
     bool prefix = true;
     switch (b) {
-      case 0xf0: p.lock = true; break;
-      case 0xf2: p.repne = true; p.rep = false; break;
-      case 0xf3: p.rep = true; p.repne = false; break;
-      case 0x66: p.opsize = true; break;
-      case 0x67: p.addrsize = true; break;
-      case 0x26: p.has_segment = true; p.segment = Segment::kEs; break;
-      case 0x2e: p.has_segment = true; p.segment = Segment::kCs; break;
-      case 0x36: p.has_segment = true; p.segment = Segment::kSs; break;
-      case 0x3e: p.has_segment = true; p.segment = Segment::kDs; break;
-      case 0x64: p.has_segment = true; p.segment = Segment::kFs; break;
-      case 0x65: p.has_segment = true; p.segment = Segment::kGs; break;
-      default: prefix = false;
+      case 0xf0:
+        p.lock = true;
+        break;
+      case 0xf2:
+        p.repne = true;
+        p.rep = false;
+        break;
+      case 0xf3:
+        p.rep = true;
+        p.repne = false;
+        break;
+      case 0x66:
+        p.opsize = true;
+        break;
+      case 0x67:
+        p.addrsize = true;
+        break;
+      case 0x26:
+        p.has_segment = true;
+        p.segment = Segment::kEs;
+        break;
+      case 0x2e:
+        p.has_segment = true;
+        p.segment = Segment::kCs;
+        break;
+      case 0x36:
+        p.has_segment = true;
+        p.segment = Segment::kSs;
+        break;
+      case 0x3e:
+        p.has_segment = true;
+        p.segment = Segment::kDs;
+        break;
+      case 0x64:
+        p.has_segment = true;
+        p.segment = Segment::kFs;
+        break;
+      case 0x65:
+        p.has_segment = true;
+        p.segment = Segment::kGs;
+        break;
+      default:
+        prefix = false;
     }
     if (prefix) {
       p.rex = 0;  // a REX before a legacy prefix is ignored
@@ -361,28 +392,45 @@ SegmentBases segment_bases(const kvm_sregs& sregs) {
 
 uint64_t register_value(const kvm_regs& regs, uint8_t number) {
   switch (number) {
-    case 0: return regs.rax;
-    case 1: return regs.rcx;
-    case 2: return regs.rdx;
-    case 3: return regs.rbx;
-    case 4: return regs.rsp;
-    case 5: return regs.rbp;
-    case 6: return regs.rsi;
-    case 7: return regs.rdi;
-    case 8: return regs.r8;
-    case 9: return regs.r9;
-    case 10: return regs.r10;
-    case 11: return regs.r11;
-    case 12: return regs.r12;
-    case 13: return regs.r13;
-    case 14: return regs.r14;
-    case 15: return regs.r15;
-    default: return 0;
+    case 0:
+      return regs.rax;
+    case 1:
+      return regs.rcx;
+    case 2:
+      return regs.rdx;
+    case 3:
+      return regs.rbx;
+    case 4:
+      return regs.rsp;
+    case 5:
+      return regs.rbp;
+    case 6:
+      return regs.rsi;
+    case 7:
+      return regs.rdi;
+    case 8:
+      return regs.r8;
+    case 9:
+      return regs.r9;
+    case 10:
+      return regs.r10;
+    case 11:
+      return regs.r11;
+    case 12:
+      return regs.r12;
+    case 13:
+      return regs.r13;
+    case 14:
+      return regs.r14;
+    case 15:
+      return regs.r15;
+    default:
+      return 0;
   }
 }
 
-uint64_t effective_address(const Instruction& insn, const kvm_regs& regs,
-                           const SegmentBases& bases, uint64_t rip) {
+uint64_t effective_address(const Instruction& insn, const kvm_regs& regs, const SegmentBases& bases,
+                           uint64_t rip) {
   const MemOperand& m = insn.mem;
   uint64_t offset = static_cast<uint64_t>(m.disp);
   if (m.base == MemOperand::kRip) {

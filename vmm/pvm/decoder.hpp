@@ -74,8 +74,8 @@ SegmentBases segment_bases(const kvm_sregs& sregs);
 
 // Linear address of `insn`'s memory operand at `rip` (RIP-relative operands count from the end of
 // the instruction). Only meaningful when insn.has_memory.
-uint64_t effective_address(const Instruction& insn, const kvm_regs& regs,
-                           const SegmentBases& bases, uint64_t rip);
+uint64_t effective_address(const Instruction& insn, const kvm_regs& regs, const SegmentBases& bases,
+                           uint64_t rip);
 
 // The value of register `number` (x86 encoding) in `regs`.
 uint64_t register_value(const kvm_regs& regs, uint8_t number);

@@ -4,8 +4,11 @@
 // bytes at RIP, the IDT, exception frames and memory operands with it.
 //
 // Supported: paging off (identity), 32-bit (2-level, 4 MiB pages with CR4.PSE), PAE (3-level),
-// long mode with 4- or 5-level tables (CR4.LA57), 1 GiB and 2 MiB pages. Only the present bits
-// are checked (no U/S, R/W or NX): the VMM looks at memory the guest's kernel can look at.
+// long mode with 4- or 5-level tables (CR4.LA57), 1 GiB and 2 MiB pages. translate() and the
+// copies check only the present bits (the VMM looks at memory the guest's kernel can look at);
+// an access pier completes on the guest's behalf is checked first with check_access(), as the
+// CPU would check it.
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -27,6 +30,19 @@ struct PagingState {
 // outside guest RAM, or the address is not canonical.
 std::optional<uint64_t> translate(const GuestMemory& memory, const PagingState& paging,
                                   uint64_t gva);
+
+// A data access the guest's CPU makes: a write or a read, from CPL3 or not, with RFLAGS.AC.
+struct DataAccess {
+  bool write = false;
+  bool user = false;
+  bool rflags_ac = false;
+};
+enum class AccessCheck { kAllowed, kNotPresent, kProtection };
+// Whether the CPU allows `access` to every byte of [gva, gva + size): U/S and R/W of every level
+// of the walk, CR0.WP for supervisor writes, CR4.SMAP for supervisor accesses to user pages
+// (unless RFLAGS.AC). Data accesses only: NX does not apply.
+AccessCheck check_access(const GuestMemory& memory, const PagingState& paging, uint64_t gva,
+                         size_t size, DataAccess access);
 
 // Copies guest-virtual [gva, gva + out.size()) page by page; false (out partly written) when any
 // byte is unmapped or outside RAM. write_virtual writes at most 4 KiB (one page boundary) and

@@ -116,6 +116,43 @@ TEST_F(Completions, StmxcsrGivesTheAddress) {
   EXPECT_EQ(p.store_mxcsr_at, kKernelData + 0x3008);
 }
 
+// From CPL3 the operand is checked as the CPU would: MXCSR is never stored into the kernel's
+// memory or a read-only page, nor loaded from the kernel's; the program gets the #PF instead.
+TEST_F(Completions, UserMxcsrAccessesTheTablesForbidBecomePageFaults) {
+  sregs.cs.selector = 0x33;
+  sregs.cs.dpl = 3;
+  mem.load(0x300000 + 0x70, std::vector<uint8_t>{0x0f, 0xae, 0x5c, 0x24, 0x08}, "stmxcsr 8(%rsp)");
+  mem.load(0x300000 + 0x80, std::vector<uint8_t>{0x0f, 0xae, 0x17}, "ldmxcsr (%rdi)");
+  struct Case {
+    uint64_t rip, operand;
+    uint32_t error_code;
+  } cases[] = {
+      {kUserText + 0x70, kKernelData + 0x3000, 0x7},  // store into the kernel: P|W|U
+      {kUserText + 0x70, kUserText, 0x7},             // store into read-only user text
+      {kUserText + 0x80, kKernelData + 0x2000, 0x5},  // load from the kernel: P|U
+  };
+  for (const Case& c : cases) {
+    regs.rip = c.rip;
+    regs.rsp = c.operand - 8;
+    regs.rdi = c.operand;
+    const EmulationPlan p = plan();
+    ASSERT_TRUE(p.ok) << p.problem;
+    EXPECT_EQ(p.inject_vector, 14);
+    EXPECT_EQ(p.inject_error_code, c.error_code);
+    EXPECT_EQ(p.fault_address, c.operand);
+    EXPECT_EQ(p.regs.rip, c.rip);  // faults: RIP stays
+    EXPECT_FALSE(p.store_mxcsr_at);
+    EXPECT_FALSE(p.load_mxcsr);
+  }
+  // The same store from the kernel is completed.
+  sregs.cs.selector = 0x10;
+  sregs.cs.dpl = 0;
+  regs.rip = kKernelText + 0x70;
+  code(0x70, {0x0f, 0xae, 0x5c, 0x24, 0x08});
+  regs.rsp = kKernelData + 0x3000 - 8;
+  EXPECT_EQ(plan().store_mxcsr_at, kKernelData + 0x3000);
+}
+
 TEST_F(Completions, UnsupportedInstructionsStopWithTheBytesAndAHint) {
   code(0x80, {0xf0, 0x48, 0x0f, 0xc7, 0x0f});
   EmulationPlan p = plan();
@@ -238,6 +275,19 @@ TEST_F(PageFaultHits, UserSyscallFaultingAtLstarBecomesTheSyscall) {
   EXPECT_EQ(p.ss.selector, 0x18);
   EXPECT_EQ(p.ss.dpl, 0);
   EXPECT_EQ(p.ss.db, 1);
+}
+
+// A user jump to LSTAR dressed as a SYSCALL (RCX after real 0f 05 bytes) picks R11 itself: the
+// kernel's RFLAGS come from the CPU's frame, so no IOPL 3 even where SFMASK would not clear it.
+TEST_F(PageFaultHits, KernelRflagsComeFromTheFrameNotFromR11) {
+  msrs.sfmask = 0;
+  regs.r11 = 0x3246 | (1u << 18);  // IOPL 3, AC
+  frame.rflags = 0x246;
+  write_frame();
+  const PageFaultPlan p = hit();
+  ASSERT_EQ(p.action, PageFaultPlan::Action::kSyscall);
+  EXPECT_EQ(p.regs.rflags, 0x246u);
+  EXPECT_EQ(p.regs.r11, regs.r11);  // the user's R11 stays R11, as after SYSCALL
 }
 
 TEST_F(PageFaultHits, UserJumpToLstarWithoutSyscallStaysAPageFault) {

@@ -97,8 +97,8 @@ TEST_F(PageWalk, PaeThreeLevel) {
 
 TEST_F(PageWalk, Legacy32BitWith4MiBPages) {
   mem.fill(0x1000, 0x2000, 0, "tables");
-  mem.write_obj<uint32_t>(0x1000 + 0x300 * 4, 0x2000 | 1);       // 0xc0000000 -> PT
-  mem.write_obj<uint32_t>(0x2000 + 2 * 4, 0x5000 | 1);           // 0xc0002000
+  mem.write_obj<uint32_t>(0x1000 + 0x300 * 4, 0x2000 | 1);        // 0xc0000000 -> PT
+  mem.write_obj<uint32_t>(0x2000 + 2 * 4, 0x5000 | 1);            // 0xc0002000
   mem.write_obj<uint32_t>(0x1000 + 1 * 4, 0x80'0000 | 1 | 0x80);  // 0x400000, 4 MiB
   PagingState p;
   p.cr0 = (1ull << 31) | 1;
@@ -148,6 +148,44 @@ TEST_F(PageWalk, LeafOutsideRamTranslatesButDoesNotRead) {
   EXPECT_EQ(translate(mem, p, 0x1008), 0x10'0000'0008ull);
   std::array<uint8_t, 4> out{};
   EXPECT_FALSE(read_virtual(mem, p, 0x1008, out));
+}
+
+// check_access: what the CPU would allow a data access, level by level.
+TEST_F(PageWalk, AccessChecksUserSupervisorWriteProtectAndSmap) {
+  using test::kP;
+  using test::kRw;
+  using test::kUs;
+  FakePaging f(mem, 0x100000);
+  const uint64_t kernel = 0xffff'8880'0000'0000ull, user_ro = 0x40'0000, user_rw = 0x40'1000;
+  f.map(kernel, 0x200000);                  // supervisor, writable
+  f.map(kernel + 0x1000, 0x201000, 1, kP);  // supervisor, read-only
+  f.map(user_ro, 0x300000, 1, kP | kUs);    // user, read-only
+  f.map(user_rw, 0x301000, 1, kP | kRw | kUs);
+  PagingState p = f.long_mode();
+  const DataAccess user_read{false, true, false}, user_write{true, true, false};
+  const DataAccess kernel_read{false, false, false}, kernel_write{true, false, false};
+  const DataAccess kernel_write_ac{true, false, true};
+  EXPECT_EQ(check_access(mem, p, kernel, 4, user_read), AccessCheck::kProtection);
+  EXPECT_EQ(check_access(mem, p, kernel, 4, user_write), AccessCheck::kProtection);
+  EXPECT_EQ(check_access(mem, p, user_ro, 4, user_read), AccessCheck::kAllowed);
+  EXPECT_EQ(check_access(mem, p, user_ro, 4, user_write), AccessCheck::kProtection);
+  EXPECT_EQ(check_access(mem, p, user_rw, 4, user_write), AccessCheck::kAllowed);
+  // Four bytes across into the next page: the second page decides too.
+  EXPECT_EQ(check_access(mem, p, user_rw - 2, 4, user_write), AccessCheck::kProtection);
+  EXPECT_EQ(check_access(mem, p, user_rw + 0xffe, 4, user_read), AccessCheck::kNotPresent);
+  // Supervisor writes to a read-only page: allowed unless CR0.WP.
+  EXPECT_EQ(check_access(mem, p, kernel + 0x1000, 4, kernel_write), AccessCheck::kAllowed);
+  p.cr0 |= 1ull << 16;
+  EXPECT_EQ(check_access(mem, p, kernel + 0x1000, 4, kernel_write), AccessCheck::kProtection);
+  EXPECT_EQ(check_access(mem, p, kernel + 0x1000, 4, kernel_read), AccessCheck::kAllowed);
+  // SMAP: supervisor accesses to user pages only with RFLAGS.AC.
+  EXPECT_EQ(check_access(mem, p, user_rw, 4, kernel_write), AccessCheck::kAllowed);
+  p.cr4 |= 1ull << 21;
+  EXPECT_EQ(check_access(mem, p, user_rw, 4, kernel_write), AccessCheck::kProtection);
+  EXPECT_EQ(check_access(mem, p, user_rw, 4, kernel_read), AccessCheck::kProtection);
+  EXPECT_EQ(check_access(mem, p, user_rw, 4, kernel_write_ac), AccessCheck::kAllowed);
+  // Paging off: everything in reach is allowed.
+  EXPECT_EQ(check_access(mem, PagingState{}, 0x1000, 4, user_write), AccessCheck::kAllowed);
 }
 
 }  // namespace
