@@ -453,6 +453,55 @@ TEST_F(JailDir, EnteredInAChildEverythingIsConfined) {
   fs::remove(host_file);
 }
 
+TEST_F(JailDir, PrepareRewritesPathsAndMovesIntoTheJailDirectory) {
+  if (::geteuid() != 0) GTEST_SKIP() << "a Jail needs root";
+  ASSERT_TRUE(own_dir());
+  const Config cfg = config();
+  const std::string cwd = fs::current_path().string();
+  const std::string dir = fs::canonical(dir_).string();
+  const ChildResult r = run_child([&](Sync&) {
+    Checks check;
+    Jail jail(cfg);
+    MachineConfig m;
+    m.kernel_path = "guest/vmlinuz";
+    m.initrd_path = "/boot/initrd";
+    m.kvm_device = "/dev/kvm";
+    m.dump_dtb = "out.dtb";
+    m.serial = "file=serial.log";
+    m.api_socket = "api.sock";
+    m.ports = {{"", "socket=" + dir + "/console.sock", true},
+               {"org.pier.a", "socket=a.sock,client,reconnect=2", false},
+               {"org.pier.f", "file=port.log", false},
+               {"org.pier.t", "tcp=0", false},
+               {"org.pier.p", "pty", false}};
+    jail.prepare(m);
+    check(m.kernel_path == cwd + "/guest/vmlinuz", "kernel: " + m.kernel_path);
+    check(m.initrd_path == "/boot/initrd", "initrd: " + m.initrd_path);
+    check(m.kvm_device == "/dev/kvm", "kvm: " + m.kvm_device);
+    check(m.dump_dtb == cwd + "/out.dtb", "dtb: " + m.dump_dtb);
+    check(m.serial == "file=" + cwd + "/serial.log", "serial: " + m.serial);
+    check(m.api_socket == "api.sock", "api: " + m.api_socket);
+    check(m.ports[0].backend == "socket=console.sock", "console: " + m.ports[0].backend);
+    check(m.ports[1].backend == "socket=a.sock,client,reconnect=2.000", "a: " + m.ports[1].backend);
+    check(m.ports[2].backend == "file=" + cwd + "/port.log", "f: " + m.ports[2].backend);
+    check(m.ports[3].backend == "tcp=0", "t: " + m.ports[3].backend);
+    check(m.ports[4].backend == "pty", "p: " + m.ports[4].backend);
+    check(fs::current_path().string() == dir, "cwd: " + fs::current_path().string());
+    // A socket outside DIR stops it before anything is opened.
+    MachineConfig bad;
+    bad.ports = {{"", "socket=/tmp/elsewhere.sock", true}};
+    bool refused = false;
+    try {
+      jail.prepare(bad);
+    } catch (const Error& e) {
+      refused = std::string(e.what()).find("outside the jail directory") != std::string::npos;
+    }
+    check(refused, "a console socket outside DIR is refused");
+    return check.failures == 0 ? 0 : 1;
+  });
+  EXPECT_TRUE(r.ok()) << r.out;
+}
+
 TEST_F(JailDir, RefusedOnceTheProcessHasASecondThread) {
   if (::geteuid() != 0) GTEST_SKIP() << "entering the jail needs root";
   ASSERT_TRUE(own_dir());
