@@ -293,6 +293,9 @@ void Jail::enter(uint64_t nofile) const {
     throw Error("--jail: the uid change did not hold (root could be regained)");
   }
   check(::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "setting no_new_privs");
+  // Not dumpable whatever fs.suid_dumpable says: no core, no ptrace by the jail's uid, /proc
+  // files of the process owned by root.
+  check(::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "clearing the dumpable flag");
   log::info("jail: root {}, uid {} gid {}, RLIMIT_NOFILE {}, RLIMIT_FSIZE {}", dir_, config_.uid,
             config_.gid, nofile,
             config_.file_size_limit == UINT64_MAX ? std::string("unlimited")

@@ -11,12 +11,13 @@
 //     ptys, file= outputs, tcp= listeners and the socket files (bound by their names in DIR).
 //  3. enter() (still one thread): new mount, network, IPC, UTS and cgroup namespaces; DIR is
 //     bind-mounted on itself (nosuid, nodev, noexec) and becomes the root (pivot_root; the old
-//     root is detached, nothing else is mounted: no /proc, /dev or /tmp); supplementary groups
-//     cleared, the capability bounding set emptied, then gid and uid set to the jail's (real,
-//     effective, saved), which drops every capability; no_new_privs; RLIMIT_NOFILE sized for
-//     --max-ports, RLIMIT_FSIZE (--jail-fsize; SIGXFSZ ignored so an oversized write fails with
-//     EFBIG), RLIMIT_CORE 0. The working directory (DIR before) is the new root, so the socket
-//     names bound in step 2 still name the same files: they are removed at exit as usual.
+//     root is detached, nothing else is mounted: no /proc, /dev or /tmp); RLIMIT_NOFILE sized
+//     for --max-ports, RLIMIT_FSIZE (--jail-fsize; SIGXFSZ ignored so an oversized write fails
+//     with EFBIG), RLIMIT_CORE 0, hard = soft; the capability bounding set emptied,
+//     supplementary groups cleared, then gid and uid set to the jail's (real, effective, saved),
+//     which drops every capability; no_new_privs; not dumpable. The working directory (DIR
+//     before) is the new root, so the socket names bound in step 2 still name the same files:
+//     they are removed at exit as usual.
 //  4. seal(), once pier's threads exist and before the I/O thread's seccomp filter: RLIMIT_NPROC
 //     0, so even with --seccomp off the jailed process cannot create a process or thread.
 //

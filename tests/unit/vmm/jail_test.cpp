@@ -325,6 +325,7 @@ TEST_F(JailDir, EnteredInAChildEverythingIsConfined) {
               "no capabilities");
         check(::prctl(PR_CAPBSET_READ, 0, 0, 0, 0) == 0, "empty bounding set");
         check(::prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1, "no_new_privs");
+        check(::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 0, "not dumpable");
 
         // Limits.
         rlimit lim{};
