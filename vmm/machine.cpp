@@ -788,6 +788,11 @@ void Machine::log_memory_footprint() const {
   const uint64_t anon = proc_status_bytes("RssAnon:");
   const uint64_t file = proc_status_bytes("RssFile:");
   const uint64_t guest = memory_->resident_bytes();
+  if (anon == 0 && file == 0) {  // no /proc (--jail)
+    log::info("memory: guest RAM resident {} KiB; pier's own unknown (no /proc/self/status)",
+              guest >> 10);
+    return;
+  }
   log::info(
       "memory: guest RAM resident {} KiB; pier's own anonymous {} KiB, plus {} KiB of "
       "shared library and executable pages",
