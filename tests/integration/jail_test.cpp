@@ -1,19 +1,22 @@
 // pier run --jail (vmm/jail.hpp) end to end: the console_hotplug bare guest (it opens every port
 // it is given and echoes what it receives) under --jail DIR --jail-uid/--jail-gid, with the
-// console and the API as sockets in DIR and a tcp= port bound before the jail. From outside, the
-// test checks that pier runs as the jail's uid and gid in every thread, in namespaces of its
-// own, with DIR as its root and the jail's limits, seccomp on; that data moves on the console,
-// the tcp= port and a port added through the API; that port-add cannot leave DIR (nor add tcp=
-// or pty); and that pier removes its socket files from DIR at exit.
+// console and the API as sockets in DIR, a tcp= port bound before the jail and a client port
+// to a peer socket in DIR. From outside, the test checks that pier runs as the jail's uid and gid
+// in every thread, in namespaces of its own, with DIR as its root and the jail's limits, seccomp
+// on; that data moves on the console, the tcp= port, the client port (also after reconnecting
+// from inside the jail) and ports added through the API; that port-add cannot leave DIR (nor
+// add tcp= or pty); and that pier removes its socket files from DIR at exit.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -129,6 +132,19 @@ TEST_F(Jail, BareGuestRunsConfinedAsTheJailUserAndPortsWorkInsideTheJailDirector
   PIER_REQUIRE_KVM();
   if (::geteuid() != 0) GTEST_SKIP() << "--jail needs root";
   ASSERT_EQ(::chown(dir_.c_str(), kUid, kGid), 0);
+  // A peer pier connects out to (socket=...,client): first before the jail, then again from
+  // inside it after the peer hangs up. The jailed uid needs write access to connect.
+  const int peer = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(peer, 0);
+  {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    const std::string path = sock("peer");
+    std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path.c_str());
+    ASSERT_EQ(::bind(peer, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)), 0);
+    ASSERT_EQ(::listen(peer, 4), 0);
+    ASSERT_EQ(::chown(path.c_str(), kUid, kGid), 0);
+  }
   PierRun run;
   // The console by a bare name, the API by its full path in DIR, a tcp= port on any free port.
   run.args = {"run",
@@ -144,6 +160,8 @@ TEST_F(Jail, BareGuestRunsConfinedAsTheJailUserAndPortsWorkInsideTheJailDirector
               "socket=console.sock",
               "--api-socket",
               sock("api"),
+              "--port",
+              "name=org.pier.peer,socket=peer.sock,client,reconnect=0.2",
               "--port",
               "name=org.pier.tcp,tcp=0",
               "--max-ports",
@@ -214,13 +232,28 @@ TEST_F(Jail, BareGuestRunsConfinedAsTheJailUserAndPortsWorkInsideTheJailDirector
   // The tcp= port was bound before the jail: it keeps working from the host's network.
   const json ports = api.call({{"cmd", "ports"}});
   ASSERT_TRUE(ports.value("ok", false)) << ports.dump();
-  const std::string tcp_backend = ports["result"]["ports"][1]["backend"];
+  std::string tcp_backend;
+  for (const auto& port : ports["result"]["ports"]) {
+    if (port["name"] == "org.pier.tcp") tcp_backend = port["backend"];
+  }
   const size_t colon = tcp_backend.rfind(':');
   ASSERT_NE(colon, std::string::npos) << tcp_backend;
   const int tcp = connect_tcp(static_cast<uint16_t>(std::stoi(tcp_backend.substr(colon + 1))));
   ASSERT_GE(tcp, 0) << tcp_backend;
   EXPECT_EQ(echo_through(tcp, "over tcp\n", 20s), "over tcp\n");
   ::close(tcp);
+
+  // The client port: connected before the jail; after a hang-up, reconnected from inside.
+  for (int round = 1; round <= 2; ++round) {
+    pollfd p{peer, POLLIN, 0};
+    ASSERT_EQ(::poll(&p, 1, 20000), 1) << "pier did not connect to the peer, round " << round;
+    const int fd = ::accept4(peer, nullptr, nullptr, SOCK_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    const std::string data = "peer round " + std::to_string(round) + "\n";
+    EXPECT_EQ(echo_through(fd, data, 20s), data);
+    ::close(fd);
+  }
+  ::close(peer);
 
   // port-add: a bare name and a full path in DIR are sockets in DIR, made by the jail's uid.
   for (const auto& [name, spec, file] :
@@ -273,6 +306,7 @@ TEST_F(Jail, BareGuestRunsConfinedAsTheJailUserAndPortsWorkInsideTheJailDirector
       << r.err;
   EXPECT_EQ(r.err.find("seccomp: thread"), std::string::npos) << r.err;
   std::vector<std::string> left;
+  fs::remove(sock("peer"));  // the test's own
   for (const auto& e : fs::directory_iterator(dir_)) left.push_back(e.path().filename());
   EXPECT_TRUE(left.empty()) << "left in the jail directory: " << ::testing::PrintToString(left);
   std::printf(
