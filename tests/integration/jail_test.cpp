@@ -314,6 +314,59 @@ TEST_F(Jail, BareGuestRunsConfinedAsTheJailUserAndPortsWorkInsideTheJailDirector
       pid, ready_s, nofile.c_str(), threads);
 }
 
+// The jail does not lean on the seccomp filters: with --seccomp off pier is still confined, and
+// RLIMIT_NPROC 0 still stops it from creating a process or thread.
+TEST_F(Jail, HoldsWithSeccompOff) {
+  PIER_REQUIRE_KVM();
+  if (::geteuid() != 0) GTEST_SKIP() << "--jail needs root";
+  ASSERT_EQ(::chown(dir_.c_str(), kUid, kGid), 0);
+  PierRun run;
+  run.args = {"run",
+              "--kernel",
+              bare_guest("console_hotplug"),
+              "--jail",
+              dir_.string(),
+              "--jail-uid",
+              std::to_string(kUid),
+              "--jail-gid",
+              std::to_string(kGid),
+              "--console",
+              "socket=console.sock",
+              "--api-socket",
+              "api.sock",
+              "--seccomp",
+              "off",
+              "--jail-fsize",
+              "unlimited"};
+  run.timeout = 300s;
+  pier_ = std::async(std::launch::async, [run] { return run_pier(run); });
+  LineClient console(sock("console"));
+  ASSERT_TRUE(console.ok());
+  ASSERT_NE(console.until("PIER-HOTPLUG ready", 60000ms), "");
+  LineClient api(sock("api"));
+  ASSERT_TRUE(api.ok());
+  const json status = api.call({{"cmd", "vm-status"}});
+  ASSERT_TRUE(status.value("ok", false)) << status.dump();
+  const std::string proc = "/proc/" + std::to_string(status["result"]["pid"].get<int>());
+  EXPECT_EQ(status_field(proc + "/status", "Seccomp"), "0");
+  EXPECT_EQ(status_field(proc + "/status", "Uid"), "4242\t4242\t4242\t4242");
+  EXPECT_EQ(status_field(proc + "/status", "NoNewPrivs"), "1");
+  EXPECT_EQ(status_field(proc + "/status", "CapEff"), "0000000000000000");
+  EXPECT_EQ(limit_row(proc, "Max processes"), "0 0");
+  EXPECT_EQ(limit_row(proc, "Max file size"), "unlimited unlimited");
+  EXPECT_NE(ns_link(proc, "mnt"), ns_link("/proc/self", "mnt"));
+  EXPECT_NE(ns_link(proc, "net"), ns_link("/proc/self", "net"));
+  EXPECT_FALSE(api.call({{"cmd", "port-add"},
+                         {"name", "org.pier.out"},
+                         {"backend", "socket=/tmp/pier-jail-out.sock"},
+                         {"console", false}})
+                   .value("ok", true));
+  EXPECT_TRUE(api.call({{"cmd", "quit"}}).value("ok", false));
+  const PierResult r = pier_.get();
+  EXPECT_EQ(r.exit_code, 0) << r.describe();
+  EXPECT_TRUE(fs::is_empty(dir_));
+}
+
 TEST_F(Jail, SetupMistakesAreOneLineErrors) {
   if (::geteuid() != 0) GTEST_SKIP() << "--jail needs root";
   // No KVM is needed: these fail before pier opens /dev/kvm.
