@@ -76,8 +76,11 @@ std::string confine_to(const std::string& dir, const std::string& given, std::st
   return name;
 }
 
-void check(int rc, std::string_view what) {
-  if (rc != 0) {
+// Runs one system call of the jail's set-up; a failure throws with `what` and errno. The call
+// runs inside, after `what` is built, so nothing clobbers errno in between.
+template <class Call>
+void step(std::string_view what, Call call) {
+  if (call() != 0) {
     throw Error(fmt::format("--jail: {} failed: {}", what, std::strerror(errno)));
   }
 }
@@ -240,7 +243,7 @@ void Jail::prepare(MachineConfig& machine) const {
   if (!machine.api_socket.empty()) {
     machine.api_socket = confine_to(dir_, given, machine.api_socket, "--api-socket");
   }
-  check(::chdir(dir_.c_str()), fmt::format("chdir({})", dir_));
+  step(fmt::format("chdir({})", dir_), [&] { return ::chdir(dir_.c_str()); });
 }
 
 void Jail::enter(uint64_t nofile) const {
@@ -253,22 +256,25 @@ void Jail::enter(uint64_t nofile) const {
   // Namespaces: the mount namespace for the new root; the network namespace leaves pier only
   // the sockets it holds (tcp= listeners bound before this keep working); IPC, UTS and cgroup
   // for good measure.
-  check(::unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP),
-        "unshare (new mount, network, IPC, UTS and cgroup namespaces)");
+  step("unshare (new mount, network, IPC, UTS and cgroup namespaces)", [] {
+    return ::unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP);
+  });
   // Nothing done here may reach the host's mount table.
-  check(::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr), "making mounts private");
+  step("making mounts private",
+       [] { return ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr); });
   // DIR on itself: pivot_root needs a mount point. Not recursive: what is mounted below DIR
   // stays out.
-  check(::mount(dir_.c_str(), dir_.c_str(), nullptr, MS_BIND, nullptr),
-        fmt::format("bind-mounting {}", dir_));
-  check(::mount(nullptr, dir_.c_str(), nullptr,
-                MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr),
-        fmt::format("remounting {} nosuid,nodev,noexec", dir_));
-  check(::chdir(dir_.c_str()), "chdir into the jail");
+  step(fmt::format("bind-mounting {}", dir_),
+       [&] { return ::mount(dir_.c_str(), dir_.c_str(), nullptr, MS_BIND, nullptr); });
+  step(fmt::format("remounting {} nosuid,nodev,noexec", dir_), [&] {
+    return ::mount(nullptr, dir_.c_str(), nullptr,
+                   MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr);
+  });
+  step("chdir into the jail", [&] { return ::chdir(dir_.c_str()); });
   // pivot_root(".", "."): the old root ends up stacked on the new one and is detached at once.
-  check(static_cast<int>(::syscall(SYS_pivot_root, ".", ".")), "pivot_root");
-  check(::umount2(".", MNT_DETACH), "detaching the old root");
-  check(::chdir("/"), "chdir(/)");
+  step("pivot_root", [] { return static_cast<int>(::syscall(SYS_pivot_root, ".", ".")); });
+  step("detaching the old root", [] { return ::umount2(".", MNT_DETACH); });
+  step("chdir(/)", [] { return ::chdir("/"); });
 
   // Limits while still privileged (raising a hard limit needs CAP_SYS_RESOURCE); hard = soft,
   // so the jailed process cannot raise them again.
@@ -282,20 +288,21 @@ void Jail::enter(uint64_t nofile) const {
   // Credentials: no capability can come back (empty bounding set, no_new_privs), then the
   // jail's gid and uid everywhere (real, effective, saved), which clears every capability.
   for (int cap = 0; ::prctl(PR_CAPBSET_READ, cap, 0, 0, 0) >= 0; ++cap) {
-    check(::prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), fmt::format("dropping capability {}", cap));
+    step(fmt::format("dropping capability {}", cap),
+         [&] { return ::prctl(PR_CAPBSET_DROP, cap, 0, 0, 0); });
   }
-  check(::setgroups(0, nullptr), "setgroups");
-  check(::setresgid(config_.gid, config_.gid, config_.gid),
-        fmt::format("setresgid({})", config_.gid));
-  check(::setresuid(config_.uid, config_.uid, config_.uid),
-        fmt::format("setresuid({})", config_.uid));
+  step("setgroups", [] { return ::setgroups(0, nullptr); });
+  const uid_t uid = config_.uid;
+  const gid_t gid = config_.gid;
+  step(fmt::format("setresgid({})", gid), [&] { return ::setresgid(gid, gid, gid); });
+  step(fmt::format("setresuid({})", uid), [&] { return ::setresuid(uid, uid, uid); });
   if (::setresuid(0, 0, 0) == 0 || ::geteuid() != config_.uid || ::getegid() != config_.gid) {
     throw Error("--jail: the uid change did not hold (root could be regained)");
   }
-  check(::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "setting no_new_privs");
+  step("setting no_new_privs", [] { return ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); });
   // Not dumpable whatever fs.suid_dumpable says: no core, no ptrace by the jail's uid, /proc
   // files of the process owned by root.
-  check(::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "clearing the dumpable flag");
+  step("clearing the dumpable flag", [] { return ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0); });
   log::info("jail: root {}, uid {} gid {}, RLIMIT_NOFILE {}, RLIMIT_FSIZE {}", dir_, config_.uid,
             config_.gid, nofile,
             config_.file_size_limit == UINT64_MAX ? std::string("unlimited")
