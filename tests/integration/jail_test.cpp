@@ -25,6 +25,7 @@
 
 #include "integration/line_client.hpp"
 #include "integration/pier_process.hpp"
+#include "vmm/fd.hpp"
 
 namespace pier::test {
 namespace {
@@ -58,15 +59,14 @@ std::string echo_through(int fd, const std::string& data, std::chrono::milliseco
   return got;
 }
 
-int connect_tcp(uint16_t port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+UniqueFd connect_tcp(uint16_t port) {
+  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(port);
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
-    ::close(fd);
-    return -1;
+  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+    return UniqueFd();
   }
   return fd;
 }
@@ -134,8 +134,9 @@ TEST_F(Jail, BareGuestRunsConfinedAsTheJailUserAndPortsWorkInsideTheJailDirector
   ASSERT_EQ(::chown(dir_.c_str(), kUid, kGid), 0);
   // A peer pier connects out to (socket=...,client): first before the jail, then again from
   // inside it after the peer hangs up. The jailed uid needs write access to connect.
-  const int peer = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  ASSERT_GE(peer, 0);
+  UniqueFd peer_fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_TRUE(peer_fd);
+  const int peer = peer_fd.get();
   {
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
@@ -238,22 +239,23 @@ TEST_F(Jail, BareGuestRunsConfinedAsTheJailUserAndPortsWorkInsideTheJailDirector
   }
   const size_t colon = tcp_backend.rfind(':');
   ASSERT_NE(colon, std::string::npos) << tcp_backend;
-  const int tcp = connect_tcp(static_cast<uint16_t>(std::stoi(tcp_backend.substr(colon + 1))));
-  ASSERT_GE(tcp, 0) << tcp_backend;
-  EXPECT_EQ(echo_through(tcp, "over tcp\n", 20s), "over tcp\n");
-  ::close(tcp);
+  {
+    const UniqueFd tcp =
+        connect_tcp(static_cast<uint16_t>(std::stoi(tcp_backend.substr(colon + 1))));
+    ASSERT_TRUE(tcp) << tcp_backend;
+    EXPECT_EQ(echo_through(tcp.get(), "over tcp\n", 20s), "over tcp\n");
+  }
 
   // The client port: connected before the jail; after a hang-up, reconnected from inside.
   for (int round = 1; round <= 2; ++round) {
     pollfd p{peer, POLLIN, 0};
     ASSERT_EQ(::poll(&p, 1, 20000), 1) << "pier did not connect to the peer, round " << round;
-    const int fd = ::accept4(peer, nullptr, nullptr, SOCK_CLOEXEC);
-    ASSERT_GE(fd, 0);
+    const UniqueFd fd(::accept4(peer, nullptr, nullptr, SOCK_CLOEXEC));
+    ASSERT_TRUE(fd);
     const std::string data = "peer round " + std::to_string(round) + "\n";
-    EXPECT_EQ(echo_through(fd, data, 20s), data);
-    ::close(fd);
+    EXPECT_EQ(echo_through(fd.get(), data, 20s), data);
   }
-  ::close(peer);
+  peer_fd.reset();
 
   // port-add: a bare name and a full path in DIR are sockets in DIR, made by the jail's uid.
   for (const auto& [name, spec, file] :
@@ -268,11 +270,10 @@ TEST_F(Jail, BareGuestRunsConfinedAsTheJailUserAndPortsWorkInsideTheJailDirector
     EXPECT_TRUE(S_ISSOCK(st.st_mode));
     EXPECT_EQ(st.st_uid, kUid);
     EXPECT_EQ(st.st_mode & 0777, 0600u);
-    const int fd = connect_unix(file);
-    ASSERT_GE(fd, 0) << file;
+    const UniqueFd fd(connect_unix(file));
+    ASSERT_TRUE(fd) << file;
     const std::string data = std::string("through ") + name + "\n";
-    EXPECT_EQ(echo_through(fd, data, 20s), data) << name;
-    ::close(fd);
+    EXPECT_EQ(echo_through(fd.get(), data, 20s), data) << name;
   }
   // Nothing outside DIR, no tcp=, no pty at run time: error responses, and no file appears.
   const fs::path outside = dir_.parent_path() / (dir_.filename().string() + "-outside.sock");

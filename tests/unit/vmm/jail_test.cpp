@@ -34,6 +34,7 @@
 
 #include "devices/chardev/port_backend.hpp"
 #include "vmm/error.hpp"
+#include "vmm/fd.hpp"
 #include "vmm/machine.hpp"
 
 namespace pier::jail {
@@ -184,36 +185,42 @@ struct ChildResult {
   bool ok() const { return WIFEXITED(status) && WEXITSTATUS(status) == 0; }
 };
 
+// Both ends of a pipe (close-on-exec).
+struct Pipe {
+  UniqueFd read, write;
+  Pipe() {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe2");
+    read.reset(fds[0]);
+    write.reset(fds[1]);
+  }
+};
+
 // Runs `body` in a forked child whose stderr is captured; `parent` runs meanwhile with the
-// child's pid and a pipe the child signals on (one byte per `ready()`), and the other end to
-// answer it. The child is killed by SIGALRM after 30 s.
+// child's pid and two pipes: the child signals on `to_parent` (one byte per ready()), the
+// parent answers on `to_child`. The child is killed by SIGALRM after 30 s.
 struct Sync {
-  int to_parent[2];
-  int to_child[2];
+  Pipe to_parent, to_child;
 };
 void ready(Sync& s) {
   char b = 'r';
-  [[maybe_unused]] ssize_t n = ::write(s.to_parent[1], &b, 1);
+  [[maybe_unused]] ssize_t n = ::write(s.to_parent.write.get(), &b, 1);
 }
-bool wait_byte(int fd) {
-  pollfd p{fd, POLLIN, 0};
+bool wait_byte(const UniqueFd& fd) {
+  pollfd p{fd.get(), POLLIN, 0};
   char b;
-  return ::poll(&p, 1, 20000) == 1 && ::read(fd, &b, 1) == 1;
+  return ::poll(&p, 1, 20000) == 1 && ::read(fd.get(), &b, 1) == 1;
 }
 
 ChildResult run_child(const std::function<int(Sync&)>& body,
                       const std::function<void(pid_t, Sync&)>& parent = {}) {
-  int err[2];
-  Sync s{};
-  if (::pipe2(err, O_CLOEXEC) != 0 || ::pipe2(s.to_parent, O_CLOEXEC) != 0 ||
-      ::pipe2(s.to_child, O_CLOEXEC) != 0) {
-    throw std::runtime_error("pipe2");
-  }
+  Pipe err;
+  Sync s;
   std::fflush(nullptr);
   const pid_t pid = ::fork();
   if (pid < 0) throw std::runtime_error("fork");
   if (pid == 0) {
-    ::dup2(err[1], STDERR_FILENO);
+    ::dup2(err.write.get(), STDERR_FILENO);
     ::alarm(30);
     int code = 1;
     try {
@@ -225,17 +232,17 @@ ChildResult run_child(const std::function<int(Sync&)>& body,
     std::fflush(nullptr);
     ::_exit(code);
   }
-  ::close(err[1]);
-  ::close(s.to_parent[1]);
-  ::close(s.to_child[0]);
+  err.write.reset();
+  s.to_parent.write.reset();
+  s.to_child.read.reset();
   if (parent) parent(pid, s);
-  ::close(s.to_child[1]);
+  s.to_child.write.reset();
   ChildResult r;
   char buf[4096];
   ssize_t n;
-  while ((n = ::read(err[0], buf, sizeof(buf))) > 0) r.out.append(buf, static_cast<size_t>(n));
-  ::close(err[0]);
-  ::close(s.to_parent[0]);
+  while ((n = ::read(err.read.get(), buf, sizeof(buf))) > 0) {
+    r.out.append(buf, static_cast<size_t>(n));
+  }
   ::waitpid(pid, &r.status, 0);
   return r;
 }
@@ -278,8 +285,9 @@ TEST_F(JailDir, EnteredInAChildEverythingIsConfined) {
   std::ofstream(host_file) << "host";
 
   // A TCP listener bound before the jail (as a tcp= port is): its port, for the parent.
-  const int tcp = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  ASSERT_GE(tcp, 0);
+  const UniqueFd tcp_fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_TRUE(tcp_fd);
+  const int tcp = tcp_fd.get();
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -299,7 +307,8 @@ TEST_F(JailDir, EnteredInAChildEverythingIsConfined) {
         check(machine.api_socket == "api.sock", "api socket rewritten: " + machine.api_socket);
         check(fs::current_path() == fs::canonical(dir_), "working directory is DIR");
         // A socket made by name before the jail, as pier's listeners are.
-        const int unix_fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        const UniqueFd unix_sock(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        const int unix_fd = unix_sock.get();
         sockaddr_un un{};
         un.sun_family = AF_UNIX;
         std::strcpy(un.sun_path, "pre.sock");
@@ -354,12 +363,12 @@ TEST_F(JailDir, EnteredInAChildEverythingIsConfined) {
         check(::chroot("/mnt") != 0, "chroot refused");
 
         // RLIMIT_FSIZE: writing past 1 MiB fails with EFBIG (SIGXFSZ ignored), no signal.
-        const int f = ::open("/big", O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        const UniqueFd big(::open("/big", O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+        const int f = big.get();
         std::vector<char> mib(1 << 20, 'x');
         check(f >= 0 && ::write(f, mib.data(), mib.size()) == static_cast<ssize_t>(mib.size()),
               "write 1 MiB");
         check(::write(f, "y", 1) < 0 && errno == EFBIG, "the next byte fails with EFBIG");
-        ::close(f);
 
         // The network namespace has only its (down) loopback: nothing of the host's.
         struct if_nameindex* ifs = ::if_nameindex();
@@ -371,18 +380,19 @@ TEST_F(JailDir, EnteredInAChildEverythingIsConfined) {
         }
         if (ifs) ::if_freenameindex(ifs);
         check(count == 1 && lo, "only lo in the network namespace");
-        const int out = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        check(::connect(out, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0,
+        const UniqueFd out(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        check(::connect(out.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0,
               "the host's loopback is unreachable");
 
         // A socket made before the jail still serves: the parent connects to both.
         ready(s);
-        const int a = ::accept4(tcp, nullptr, nullptr, SOCK_CLOEXEC);
-        check(a >= 0, "accept on the tcp listener made before the jail");
-        const int b = ::accept4(unix_fd, nullptr, nullptr, SOCK_CLOEXEC);
-        check(b >= 0, "accept on the unix listener made before the jail");
+        const UniqueFd a(::accept4(tcp, nullptr, nullptr, SOCK_CLOEXEC));
+        check(a.valid(), "accept on the tcp listener made before the jail");
+        const UniqueFd b(::accept4(unix_fd, nullptr, nullptr, SOCK_CLOEXEC));
+        check(b.valid(), "accept on the unix listener made before the jail");
         // Sockets made now go into DIR, and names in it can be removed.
-        const int late = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        const UniqueFd late_sock(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        const int late = late_sock.get();
         std::strcpy(un.sun_path, "late.sock");
         check(::bind(late, reinterpret_cast<sockaddr*>(&un), sizeof(un)) == 0, "bind late.sock");
         check(::unlink("pre.sock") == 0, "unlink pre.sock by its name");
@@ -403,22 +413,22 @@ TEST_F(JailDir, EnteredInAChildEverythingIsConfined) {
         }
         check(thread_refused, "thread creation refused");
         ready(s);  // the parent looks at /proc/PID now
-        wait_byte(s.to_child[0]);
+        wait_byte(s.to_child.read);
         return check.failures == 0 ? 0 : 1;
       },
       [&](pid_t pid, Sync& s) {
-        ASSERT_TRUE(wait_byte(s.to_parent[0])) << "the child never got into the jail";
-        const int c = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        EXPECT_EQ(::connect(c, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)), 0)
+        ASSERT_TRUE(wait_byte(s.to_parent.read)) << "the child never got into the jail";
+        const UniqueFd c(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        EXPECT_EQ(::connect(c.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)), 0)
             << std::strerror(errno);
-        const int u = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        const UniqueFd u(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
         sockaddr_un un{};
         un.sun_family = AF_UNIX;
         const std::string path = (dir_ / "pre.sock").string();
         std::strcpy(un.sun_path, path.c_str());
-        EXPECT_EQ(::connect(u, reinterpret_cast<const sockaddr*>(&un), sizeof(un)), 0)
+        EXPECT_EQ(::connect(u.get(), reinterpret_cast<const sockaddr*>(&un), sizeof(un)), 0)
             << std::strerror(errno);
-        EXPECT_TRUE(wait_byte(s.to_parent[0]));
+        EXPECT_TRUE(wait_byte(s.to_parent.read));
         // From outside: the child's credentials, namespaces and root.
         const std::string proc = "/proc/" + std::to_string(pid);
         EXPECT_EQ(status_field(pid, "Uid"), "43210\t43210\t43210\t43210");
@@ -435,12 +445,9 @@ TEST_F(JailDir, EnteredInAChildEverythingIsConfined) {
         EXPECT_EQ(::stat((proc + "/root/").c_str(), &root_st), 0);
         EXPECT_EQ(root_st.st_ino, dir_st.st_ino);
         EXPECT_FALSE(fs::exists(proc + "/root/etc"));
-        ::close(c);
-        ::close(u);
         char b = 'g';
-        [[maybe_unused]] ssize_t n = ::write(s.to_child[1], &b, 1);
+        [[maybe_unused]] ssize_t n = ::write(s.to_child.write.get(), &b, 1);
       });
-  ::close(tcp);
   EXPECT_TRUE(r.ok()) << r.out;
   EXPECT_EQ(r.out.find("FAILED"), std::string::npos) << r.out;
   // What the child did in DIR is visible here, and nothing was mounted on the host.
