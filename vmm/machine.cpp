@@ -29,6 +29,7 @@
 #include "vmm/api/server.hpp"
 #include "vmm/error.hpp"
 #include "vmm/irq_routing.hpp"
+#include "vmm/jail.hpp"
 #include "vmm/log.hpp"
 #include "vmm/options.hpp"
 #include "vmm/pci_platform.hpp"
@@ -145,7 +146,12 @@ class Machine::ApiTarget final : public api::Target {
  public:
   explicit ApiTarget(Machine& m) : m_(m) {}
 
-  AddedPort add_port(const std::string& name, const std::string& backend, bool console) override {
+  AddedPort add_port(const std::string& name, const std::string& given_backend,
+                     bool console) override {
+    // Under --jail, socket and file paths name files in the jail directory; tcp= and pty are
+    // refused (jail.hpp).
+    const std::string backend =
+        m_.config_.jail ? m_.config_.jail->confine_run_time_backend(given_backend) : given_backend;
     if (!valid_port_name(name)) {
       throw Error(
           fmt::format("invalid port name '{}': use 1-200 characters of letters, digits "
@@ -169,7 +175,9 @@ class Machine::ApiTarget final : public api::Target {
     if (console) m_.sized_console_ports_.emplace_back(id, raw);
     const auto stats = m_.console_->port_stats(id);
     log::info("api: port {} '{}' added on {}", id, name, stats ? stats->backend : backend);
-    return {id, stats ? stats->backend : backend, raw->address()};
+    const std::string address =
+        m_.config_.jail ? m_.config_.jail->host_address(raw->address()) : raw->address();
+    return {id, stats ? stats->backend : backend, address};
   }
 
   void remove_port(uint32_t id) override {
@@ -780,6 +788,11 @@ void Machine::log_memory_footprint() const {
   const uint64_t anon = proc_status_bytes("RssAnon:");
   const uint64_t file = proc_status_bytes("RssFile:");
   const uint64_t guest = memory_->resident_bytes();
+  if (anon == 0 && file == 0) {  // no /proc (--jail)
+    log::info("memory: guest RAM resident {} KiB; pier's own unknown (no /proc/self/status)",
+              guest >> 10);
+    return;
+  }
   log::info(
       "memory: guest RAM resident {} KiB; pier's own anonymous {} KiB, plus {} KiB of "
       "shared library and executable pages",
@@ -852,6 +865,9 @@ int Machine::run() {
     }
   }
   if (stopping_) kick_vcpus();  // a stop requested while threads were starting
+  // --jail: no process or thread from here on (RLIMIT_NPROC 0), before the filter forbids
+  // prlimit itself.
+  if (config_.jail != nullptr) config_.jail->seal();
   io_filter.install();
 
   loop_.run();

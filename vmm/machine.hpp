@@ -41,6 +41,9 @@ class ConsoleDevice;
 namespace api {
 class Server;
 }
+namespace jail {
+class Jail;
+}
 class KvmPciPlatform;
 class Uart16550;
 
@@ -75,6 +78,9 @@ struct MachineConfig {
   std::string api_socket;  // the runtime API's unix socket (empty: none)
   // seccomp filters on the vCPU threads and the I/O thread once the VM runs (vmm/seccomp.hpp).
   seccomp::Mode seccomp = seccomp::Mode::kOn;
+  // --jail (vmm/jail.hpp), entered by the caller between building the machine and run(): run()
+  // seals it once the threads exist, and port-add confines its backends to it. Null: no jail.
+  const jail::Jail* jail = nullptr;
 };
 
 class Machine {

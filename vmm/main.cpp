@@ -4,12 +4,14 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "vmm/bench_command.hpp"
 #include "vmm/ctl.hpp"
 #include "vmm/error.hpp"
+#include "vmm/jail.hpp"
 #include "vmm/log.hpp"
 #include "vmm/machine.hpp"
 #include "vmm/options.hpp"
@@ -45,6 +47,15 @@ int run_command(const std::vector<std::string>& args) {
     ~DrainLogAtExit() { pier::log::drain(std::chrono::seconds(2)); }
   } drain_log_at_exit;
   pier::log::info("host profile: {}", options.machine.host.name());
+  // --jail: paths are checked and rewritten and the working directory becomes the jail's before
+  // anything is opened; the jail is entered once the machine holds everything it needs from the
+  // host, and before any thread exists (vmm/jail.hpp).
+  std::optional<pier::jail::Jail> jail;
+  if (options.jail) {
+    jail.emplace(*options.jail);
+    jail->prepare(options.machine);
+    options.machine.jail = &*jail;
+  }
   pier::Machine machine(options.machine);
   if (!options.machine.dump_dtb.empty()) {
     const auto& dtb = machine.device_tree();
@@ -56,6 +67,10 @@ int run_command(const std::vector<std::string>& args) {
     }
     std::fclose(f);
     return 0;
+  }
+  if (jail) {
+    jail->enter(pier::jail::nofile_limit(pier::jail::open_fd_count(), options.machine.max_ports,
+                                         !options.machine.api_socket.empty()));
   }
   return machine.run();
 }

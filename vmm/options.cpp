@@ -154,6 +154,8 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
   std::vector<std::string> guest_command;
   std::vector<std::string> port_texts;
   std::string cmdline, console, resize_order, console_ring, config_file, seccomp_mode;
+  std::string jail_dir, jail_fsize;
+  unsigned jail_uid = 0, jail_gid = 0;
   po::options_description desc(
       "Usage: pier run [options] [-- command for the default guest's init]\n\nOptions");
   // clang-format off
@@ -213,6 +215,18 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
      "system call filters on pier's vCPU and I/O threads once the guest runs: on (a forbidden "
      "call ends pier by SIGSYS and names the call), off (for debugging) or log (allowed, logged "
      "by the kernel: for finding what a filter lacks)")
+    ("jail", po::value<std::string>(&jail_dir),
+     "run confined in DIR (root only): new mount, network, IPC, UTS and cgroup namespaces, DIR "
+     "as the root directory, --jail-uid/--jail-gid, no_new_privs, resource limits. Unix sockets "
+     "(--api-socket, socket= ports, port-add) must be files directly in DIR: a bare name "
+     "means DIR/NAME. Everything else is opened before entering the jail. DIR must exist and "
+     "be owned by the jail's uid. See README, Security")
+    ("jail-uid", po::value<unsigned>(&jail_uid), "with --jail: the uid pier runs as (not 0)")
+    ("jail-gid", po::value<unsigned>(&jail_gid), "with --jail: the gid pier runs as (not 0)")
+    ("jail-fsize", po::value<std::string>(&jail_fsize),
+     "with --jail: the largest file pier may write (RLIMIT_FSIZE: file= outputs, stderr "
+     "redirected to a file); a write beyond it fails and is counted as lost. Default 1G; "
+     "K/M/G/T, or unlimited")
     ("dump-dtb", po::value<std::string>(&out.machine.dump_dtb),
      "write the machine's device tree (the one the guest gets) to FILE and exit; "
      "dtc -I dtb FILE shows it");
@@ -362,6 +376,26 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
       throw Error("--time-dilation only applies to the pvm host profile (kvm_pvm hosts)");
     }
     out.machine.host.time_dilation = time_dilation;
+  }
+
+  if (vm.count("jail")) {
+    jail::Config jail;
+    jail.dir = jail_dir;
+    if (!vm.count("jail-uid") || !vm.count("jail-gid")) {
+      throw Error(
+          "--jail needs --jail-uid and --jail-gid (the unprivileged uid and gid pier runs as "
+          "inside the jail)");
+    }
+    jail.uid = jail_uid;
+    jail.gid = jail_gid;
+    if (vm.count("jail-fsize")) {
+      jail.file_size_limit = jail_fsize == "unlimited" ? UINT64_MAX : parse_size(jail_fsize);
+    }
+    out.jail = jail;
+  } else {
+    for (const char* option : {"jail-uid", "jail-gid", "jail-fsize"}) {
+      if (vm.count(option)) throw Error(fmt::format("--{} only applies with --jail DIR", option));
+    }
   }
 
   const bool default_guest = out.machine.kernel_path.empty();

@@ -6,6 +6,7 @@
 #include <string_view>
 #include <vector>
 
+#include "vmm/jail.hpp"
 #include "vmm/machine.hpp"
 
 namespace pier {
@@ -16,6 +17,8 @@ uint64_t parse_size(std::string_view text);
 
 struct RunOptions {
   MachineConfig machine;
+  // --jail DIR with --jail-uid/--jail-gid/--jail-fsize (vmm/jail.hpp); empty: no jail.
+  std::optional<jail::Config> jail;
   std::string log_level = "warn";
   bool show_help = false;
   std::string help_text;

@@ -252,4 +252,36 @@ TEST(RunOptions, SeccompIsOnByDefaultAndSettableByFlagOrFile) {
   EXPECT_NE(parse_run_options({"--help"}).help_text.find("--seccomp"), std::string::npos);
 }
 
+TEST(RunOptions, JailNeedsUidAndGidAndTakesAFileSizeLimit) {
+  EXPECT_FALSE(parse_run_options({"--kernel", "/k"}).jail);
+  const auto o = parse_run_options(
+      {"--kernel", "/k", "--jail", "/srv/j", "--jail-uid", "10000", "--jail-gid", "10001"});
+  ASSERT_TRUE(o.jail);
+  EXPECT_EQ(o.jail->dir, "/srv/j");
+  EXPECT_EQ(o.jail->uid, 10000u);
+  EXPECT_EQ(o.jail->gid, 10001u);
+  EXPECT_EQ(o.jail->file_size_limit, 1ull << 30);  // the default
+  EXPECT_EQ(parse_run_options({"--kernel", "/k", "--jail", "/j", "--jail-uid", "1", "--jail-gid",
+                               "1", "--jail-fsize", "64M"})
+                .jail->file_size_limit,
+            64ull << 20);
+  EXPECT_EQ(parse_run_options({"--kernel", "/k", "--jail", "/j", "--jail-uid", "1", "--jail-gid",
+                               "1", "--jail-fsize", "unlimited"})
+                .jail->file_size_limit,
+            UINT64_MAX);
+  EXPECT_THROW(parse_run_options({"--kernel", "/k", "--jail", "/j", "--jail-uid", "1"}), Error);
+  EXPECT_THROW(parse_run_options({"--kernel", "/k", "--jail", "/j", "--jail-gid", "1"}), Error);
+  EXPECT_THROW(parse_run_options({"--kernel", "/k", "--jail-uid", "1", "--jail-gid", "1"}), Error);
+  EXPECT_THROW(parse_run_options({"--kernel", "/k", "--jail-fsize", "1G"}), Error);
+  EXPECT_THROW(parse_run_options({"--kernel", "/k", "--jail", "/j", "--jail-uid", "1", "--jail-gid",
+                                  "1", "--jail-fsize", "lots"}),
+               Error);
+  ConfigFile conf("kernel = /k\njail = /srv/j\njail-uid = 7\njail-gid = 8\n");
+  const auto f = parse_run_options({"--config", conf.path});
+  ASSERT_TRUE(f.jail);
+  EXPECT_EQ(f.jail->dir, "/srv/j");
+  EXPECT_EQ(f.jail->uid, 7u);
+  EXPECT_EQ(f.jail->gid, 8u);
+}
+
 }  // namespace pier
