@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "unit/virtio/console_test_harness.hpp"
+#include "virtio/console/thread_role.hpp"
 #include "vmm/error.hpp"
 
 namespace pier::virtio::testing {
@@ -405,6 +406,26 @@ TEST(ConsoleDevice, ConfigAndStatsFromOtherThreads) {
   vcpu.join();
   api.join();
   EXPECT_EQ(h.os->read(1), data);
+}
+
+// Debug builds: the device's queue work checks its thread role. A register handler (vCPU role)
+// that called into queue work directly would race the I/O thread on the rings: it aborts.
+TEST(ConsoleDeviceDeathTest, QueueWorkReachedFromAVcpuRoleCallAborts) {
+  if (!console::kThreadRoleChecks) GTEST_SKIP() << "release build: thread-role checks are off";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  ConsoleHarness h;
+  auto p1 = h.boot_with_open_port("org.pier.agent");
+  EXPECT_DEATH(
+      {
+        console::VcpuRoleScope vcpu;
+        h.device->queue_notify(ConsoleDevice::rx_queue(1));
+      },
+      "vCPU-role call");
+  // The same notification from the I/O role is fine.
+  h.device->queue_notify(ConsoleDevice::rx_queue(1));
+  p1->send("still fine");
+  h.os->settle();
+  EXPECT_EQ(h.os->read(1), "still fine");
 }
 
 }  // namespace
