@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "unit/virtio/console_fake_link.hpp"
 #include "virtio/console/control.hpp"
 #include "virtio/console/fifo.hpp"
 #include "virtio/console/output_ring.hpp"
@@ -13,13 +14,7 @@
 namespace pier::virtio::console {
 namespace {
 
-std::vector<uint8_t> header(uint32_t id, uint16_t event, uint16_t value) {
-  std::vector<uint8_t> b(8);
-  std::memcpy(&b[0], &id, 4);
-  std::memcpy(&b[4], &event, 2);
-  std::memcpy(&b[6], &value, 2);
-  return b;
-}
+using pier::virtio::testing::control_header;
 
 ControlMessage msg(uint32_t id, ControlEvent event, uint16_t value) {
   ControlMessage m;
@@ -76,41 +71,41 @@ TEST(ConsoleControl, ResizeLayouts) {
 }
 
 TEST(ConsoleControl, ParsesWhatLinuxSends) {
-  auto r = parse_driver_message(header(kBadId, 0, 1), 31);
+  auto r = parse_driver_message(control_header(kBadId, 0, 1), 31);
   ASSERT_EQ(r.error, ControlError::kOk);
   EXPECT_EQ(r.message.event, ControlEvent::kDeviceReady);
   EXPECT_TRUE(r.message.value);
-  r = parse_driver_message(header(30, 3, 1), 31);
+  r = parse_driver_message(control_header(30, 3, 1), 31);
   ASSERT_EQ(r.error, ControlError::kOk);
   EXPECT_EQ(r.message.event, ControlEvent::kPortReady);
   EXPECT_EQ(r.message.id, 30u);
-  r = parse_driver_message(header(2, 6, 0), 31);
+  r = parse_driver_message(control_header(2, 6, 0), 31);
   ASSERT_EQ(r.error, ControlError::kOk);
   EXPECT_EQ(r.message.event, ControlEvent::kPortOpen);
   EXPECT_FALSE(r.message.value);
   // Trailing bytes are ignored.
-  auto longer = header(1, 6, 1);
+  auto longer = control_header(1, 6, 1);
   longer.resize(4096, 0xff);
   EXPECT_EQ(parse_driver_message(longer, 31).error, ControlError::kOk);
 }
 
 TEST(ConsoleControl, RejectsNonsense) {
-  const auto h = header(1, 6, 1);
+  const auto h = control_header(1, 6, 1);
   EXPECT_EQ(parse_driver_message(std::span(h.data(), 7), 31).error, ControlError::kShort);
   EXPECT_EQ(parse_driver_message({}, 31).error, ControlError::kShort);
-  EXPECT_EQ(parse_driver_message(header(1, 8, 1), 31).error, ControlError::kUnknownEvent);
-  EXPECT_EQ(parse_driver_message(header(1, 0xffff, 1), 31).error, ControlError::kUnknownEvent);
+  EXPECT_EQ(parse_driver_message(control_header(1, 8, 1), 31).error, ControlError::kUnknownEvent);
+  EXPECT_EQ(parse_driver_message(control_header(1, 0xffff, 1), 31).error, ControlError::kUnknownEvent);
   for (uint16_t host_only : {1, 2, 4, 5, 7}) {
-    EXPECT_EQ(parse_driver_message(header(1, host_only, 1), 31).error,
+    EXPECT_EQ(parse_driver_message(control_header(1, host_only, 1), 31).error,
               ControlError::kHostOnlyEvent)
         << host_only;
   }
-  EXPECT_EQ(parse_driver_message(header(1, 6, 7), 31).error, ControlError::kBadValue);
-  EXPECT_EQ(parse_driver_message(header(kBadId, 0, 2), 31).error, ControlError::kBadValue);
-  EXPECT_EQ(parse_driver_message(header(31, 6, 1), 31).error, ControlError::kBadId);
-  EXPECT_EQ(parse_driver_message(header(kBadId, 3, 1), 31).error, ControlError::kBadId);
+  EXPECT_EQ(parse_driver_message(control_header(1, 6, 7), 31).error, ControlError::kBadValue);
+  EXPECT_EQ(parse_driver_message(control_header(kBadId, 0, 2), 31).error, ControlError::kBadValue);
+  EXPECT_EQ(parse_driver_message(control_header(31, 6, 1), 31).error, ControlError::kBadId);
+  EXPECT_EQ(parse_driver_message(control_header(kBadId, 3, 1), 31).error, ControlError::kBadId);
   // DEVICE_READY's id is not a port.
-  EXPECT_EQ(parse_driver_message(header(12345, 0, 1), 31).error, ControlError::kOk);
+  EXPECT_EQ(parse_driver_message(control_header(12345, 0, 1), 31).error, ControlError::kOk);
 }
 
 TEST(ConsoleControl, PortNames) {

@@ -283,10 +283,7 @@ TEST(ConsoleFlow, HostToGuestNeverWaitsForTheHostReaderWithoutEventIdx) {
 
 // Each stop of each direction names its restart event in the port's stats.
 TEST(ConsoleFlow, FlowWaitNamesEveryStop) {
-  LinuxConsoleOptions lo;
-  lo.port_rx_buffers = 2;
-  lo.rx_buffer_size = 8;
-  ConsoleHarness h(small_console_options(), lo);
+  ConsoleHarness h(small_console_options(), few_rx_buffers(2, 8));
   h.port("", true);
   auto p1 = h.port("org.pier.flow", false, /*connected=*/false);
   h.start();

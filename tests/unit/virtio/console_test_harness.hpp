@@ -20,6 +20,30 @@ using console::ConsoleOptions;
 using console::PortConfig;
 using BackendState = FakePortBackend::State;
 
+// `n` bytes of recognisable text (a different text per seed).
+inline std::string pattern(size_t n, size_t seed = 0) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + (i * 7 + seed) % 26);
+  return s;
+}
+
+// A guest that starts with `buffers` control receive buffers and posts more only when the test
+// says so (LinuxConsoleModel::refill_control): control messages queue up on the host.
+inline LinuxConsoleOptions stingy_control(size_t buffers) {
+  LinuxConsoleOptions o;
+  o.control_rx_buffers = buffers;
+  o.refill_control = false;
+  return o;
+}
+
+// A guest that posts only `count` receive buffers of `size` bytes per port: a slow reader.
+inline LinuxConsoleOptions few_rx_buffers(size_t count, uint32_t size) {
+  LinuxConsoleOptions o;
+  o.port_rx_buffers = count;
+  o.rx_buffer_size = size;
+  return o;
+}
+
 inline ConsoleOptions small_console_options() {
   ConsoleOptions o;
   o.max_ports = 4;
@@ -55,6 +79,29 @@ struct ConsoleHarness {
     start();
     ASSERT_TRUE(os->probe());
     os->settle();
+  }
+
+  // The usual machine: the console at port 0 and a port `name` at id 1, booted, with port 1
+  // open in the guest. Returns port 1's backend.
+  std::shared_ptr<BackendState> boot_with_open_port(std::string name) {
+    console0 = port("", true);
+    auto state = port(std::move(name));
+    boot();
+    EXPECT_EQ(os->open(1), 0);
+    return state;
+  }
+
+  // add_port() while the machine runs; returns the new port's backend.
+  std::shared_ptr<BackendState> add_port_now(std::string name,
+                                             std::optional<uint32_t> id = std::nullopt,
+                                             bool connected = true) {
+    auto [backend, state] = make_fake_backend(connected);
+    PortConfig c;
+    c.name = std::move(name);
+    c.backend = std::move(backend);
+    c.id = id;
+    device->add_port(std::move(c));
+    return state;
   }
 
   console::PortStats stats(uint32_t id) const {
@@ -106,6 +153,7 @@ struct ConsoleHarness {
   std::vector<PortConfig> configs;
   std::unique_ptr<ConsoleDevice> device;
   std::unique_ptr<LinuxConsoleModel> os;  // the guest kernel's driver
+  std::shared_ptr<BackendState> console0;  // port 0's backend, after boot_with_open_port()
 };
 
 // "event:value" words.
