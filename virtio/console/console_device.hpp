@@ -25,11 +25,11 @@
 //  - I/O thread: queue_notify(), activate() and reset() (the transport runs them there, see
 //    device.hpp), the backends' Listener callbacks, add_port(), remove_port(), resize(), and the
 //    posted flush of emergency writes. Only this thread calls into backends and touches queues,
-//    inside a dispatch that holds the lock; debug builds check every queue and backend access
+//    inside a dispatch that holds the lock; every build checks each queue and backend access
 //    for it (thread_role.hpp).
 //  - vCPU threads (transport lock held): ack_features(), read_config(), write_config(),
 //    emergency writes. They never call a backend or touch a queue (they only change state under
-//    the lock; backend interest is corrected on the next I/O-thread event); debug builds abort
+//    the lock; backend interest is corrected on the next I/O-thread event); every build aborts
 //    if one does. activate() and reset() keep that rule too (they only change state), so they
 //    are correct on either thread.
 //  - Backends may call their Listener synchronously from inside readv/writev/want_*/start (e.g.

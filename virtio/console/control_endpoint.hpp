@@ -23,7 +23,7 @@
 //
 // Owned by ConsoleDevice; reaches the ports and the queues through its DeviceLink. Threads:
 // everything runs on the I/O thread inside the device's dispatch (device lock held) and checks
-// it in debug builds (thread_role.hpp), except activate()/reset()/set_features(), which only
+// it (thread_role.hpp, every build), except activate()/reset()/set_features(), which only
 // change state (the device calls them under its lock), and the stats getters (any thread,
 // device lock held).
 #include <array>

@@ -24,7 +24,7 @@
 // (they outlive incarnations: the guest keeps its queues across PORT_REMOVE/PORT_ADD), so the
 // device lends them (rx_held). Everything here runs on the I/O thread inside the device's
 // dispatch, with the device lock held; the functions that touch a queue or the backend check
-// that in debug builds (thread_role.hpp). The exceptions, which only change state under the
+// that (thread_role.hpp, every build). The exceptions, which only change state under the
 // lock: forget_guest() (activate/reset), buffer_emergency_byte() (a vCPU's config write),
 // stats() (any thread).
 //

@@ -1,5 +1,5 @@
 #pragma once
-// Debug-build checks of the console device's thread rules (console_device.hpp, "Threads").
+// Checks of the console device's thread rules (console_device.hpp, "Threads").
 //
 // Two roles call into the device:
 //  - The I/O role: the thread inside one of the device's I/O-thread entry points (a queue
@@ -13,17 +13,18 @@
 //    thread on the rings, or wait in a host write while the guest is stopped.
 //
 // IoRoleScope and VcpuRoleScope mark the current thread for a scope. assert_io_role(owner) is
-// called by every function that touches a queue or a backend; in debug builds it aborts with
-// a message unless the thread is in an IoRoleScope of that same owner (the device) and not
-// inside a vCPU-role call. With NDEBUG it all compiles to nothing; in debug builds it costs two
-// thread-local loads per call. Header-only, so every build that compiles the console sources
+// called by every function that touches a queue or a backend; it aborts with a message unless
+// the thread is in an IoRoleScope of that same owner (the device) and not inside a vCPU-role
+// call. On in every build (release included, so the suite and CI exercise it): it costs two
+// thread-local loads per call, next to a ring access or a system call. Defining
+// PIER_NO_THREAD_ROLE_CHECKS compiles it to nothing. Header-only, so every build that compiles the console sources
 // (the fuzzers' too) gets it.
 #include <cstdio>
 #include <cstdlib>
 
 namespace pier::virtio::console {
 
-#ifndef NDEBUG
+#ifndef PIER_NO_THREAD_ROLE_CHECKS
 inline constexpr bool kThreadRoleChecks = true;
 
 namespace thread_role_detail {

@@ -411,7 +411,7 @@ TEST(ConsoleDevice, ConfigAndStatsFromOtherThreads) {
 // Debug builds: the device's queue work checks its thread role. A register handler (vCPU role)
 // that called into queue work directly would race the I/O thread on the rings: it aborts.
 TEST(ConsoleDeviceDeathTest, QueueWorkReachedFromAVcpuRoleCallAborts) {
-  if (!console::kThreadRoleChecks) GTEST_SKIP() << "release build: thread-role checks are off";
+  ASSERT_TRUE(console::kThreadRoleChecks) << "built with PIER_NO_THREAD_ROLE_CHECKS";
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   ConsoleHarness h;
   auto p1 = h.boot_with_open_port("org.pier.agent");

@@ -322,11 +322,11 @@ TEST(Port, ForgetGuestDiscardsHeldWritesAndClosesThePort) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Thread roles (debug builds): queue and backend work outside the device's dispatch, or from a
+// Thread roles: queue and backend work outside the device's dispatch, or from a
 // vCPU-role call, aborts.
 
 TEST(PortDeathTest, QueueWorkOutsideTheIoRoleAborts) {
-  if (!console::kThreadRoleChecks) GTEST_SKIP() << "release build: thread-role checks are off";
+  ASSERT_TRUE(console::kThreadRoleChecks) << "built with PIER_NO_THREAD_ROLE_CHECKS";
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_DEATH(
       {
