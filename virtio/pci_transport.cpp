@@ -515,8 +515,10 @@ void PciTransport::set_status(uint8_t status) {
     }
   }
   const bool driver_ok = (status & kStatusDriverOk) && !(status_ & kStatusDriverOk);
-  status_ =
-      static_cast<uint8_t>(status & ~kStatusNeedsReset);  // the device's bit, not the driver's
+  // The driver clears bits only by writing 0 (virtio 1.2 §2.1.2 "MUST NOT clear a device status
+  // bit"); a write that tries keeps them set, so DRIVER_OK cannot be cleared and set again to
+  // activate the device a second time without a reset. NEEDS_RESET is the device's bit.
+  status_ = static_cast<uint8_t>(status_ | (status & ~kStatusNeedsReset));
   if (driver_ok && (status_ & kStatusFeaturesOk)) activate_locked();
 }
 
