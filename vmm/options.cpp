@@ -17,9 +17,26 @@
 namespace po = boost::program_options;
 
 namespace pier {
+namespace {
+
+// User text as shown in an error: control bytes escaped, so the message stays one line.
+std::string printable(std::string_view text) {
+  std::string out;
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte == 0x7f) {
+      out += fmt::format("\\x{:02x}", byte);
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+}  // namespace
 
 uint64_t parse_size(std::string_view text) {
-  const std::string original(text);
+  const std::string original = printable(text);
   uint64_t value = 0;
   const char* begin = text.data();
   const char* end = text.data() + text.size();
@@ -57,11 +74,11 @@ uint64_t parse_size(std::string_view text) {
         break;
       default:
         throw Error(fmt::format("invalid size '{}': unknown unit '{}' (use K, M, G or T)", original,
-                                suffix));
+                                printable(suffix)));
     }
   } else {
-    throw Error(
-        fmt::format("invalid size '{}': unknown unit '{}' (use K, M, G or T)", original, suffix));
+    throw Error(fmt::format("invalid size '{}': unknown unit '{}' (use K, M, G or T)", original,
+                            printable(suffix)));
   }
   if (value > (UINT64_MAX >> shift)) throw Error(fmt::format("size '{}' is too large", original));
   return value << shift;
@@ -97,14 +114,14 @@ PortOption parse_port_option(std::string_view text) {
     start = comma + 1;
   }
   if (!have_name) {
-    throw Error(
-        fmt::format("--port '{}' has no name= (use --port name=NAME,BACKEND[,console])", text));
+    throw Error(fmt::format("--port '{}' has no name= (use --port name=NAME,BACKEND[,console])",
+                            printable(text)));
   }
   if (!valid_port_name(port.name)) {
     throw Error(
         fmt::format("invalid port name '{}': use 1-200 characters of letters, digits and "
                     "._-+:@ (e.g. org.pier.agent)",
-                    port.name));
+                    printable(port.name)));
   }
   if (backend_parts.empty()) {
     throw Error(
@@ -320,7 +337,8 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
   if (resize_order == "cols-rows") {
     out.machine.resize_cols_first = true;
   } else if (resize_order != "rows-cols") {
-    throw Error(fmt::format("--resize-order {}: expected rows-cols or cols-rows", resize_order));
+    throw Error(
+        fmt::format("--resize-order {}: expected rows-cols or cols-rows", printable(resize_order)));
   }
   out.machine.console_ring_bytes = parse_size(console_ring);
   if (out.machine.console_ring_bytes > (64ull << 20)) {
@@ -348,8 +366,8 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
   } else if (boot_method == "direct") {
     out.machine.boot_method = BootMethodChoice::kDirect;
   } else {
-    throw Error(
-        fmt::format("unknown --boot-method '{}' (use auto, bzimage or direct)", boot_method));
+    throw Error(fmt::format("unknown --boot-method '{}' (use auto, bzimage or direct)",
+                            printable(boot_method)));
   }
   out.machine.seccomp = seccomp::parse_mode(seccomp_mode);
   out.machine.host = select_host_profile(host_profile);
