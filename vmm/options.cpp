@@ -100,8 +100,18 @@ PortOption parse_port_option(std::string_view text) {
   bool have_name = false;
   size_t start = 0;
   while (start <= text.size()) {
-    size_t comma = text.find(',', start);
-    if (comma == std::string_view::npos) comma = text.size();
+    // Fields end at a single comma; ",," is a comma inside a field (the backend spec's escape
+    // for a comma in a path, chardev::parse_port_backend), kept as written for the backend.
+    size_t comma = start;
+    while (comma < text.size()) {
+      if (text[comma] != ',') {
+        ++comma;
+      } else if (comma + 1 < text.size() && text[comma + 1] == ',') {
+        comma += 2;
+      } else {
+        break;
+      }
+    }
     const std::string_view token = text.substr(start, comma - start);
     if (token.starts_with("name=") && !have_name) {
       port.name = std::string(token.substr(5));
