@@ -68,6 +68,26 @@ const bool g_trace = std::getenv("PCI_FUZZ_TRACE") != nullptr;
     }                                         \
   } while (0)
 
+// PCI_FUZZ_STATS=1: totals over every input run, printed at exit (to see that a corpus reaches
+// the device paths).
+struct Totals {
+  uint64_t inputs = 0, activations = 0, resets = 0, needs_reset = 0, max_in_flight = 0,
+           rng_bytes = 0, slow_notifies = 0, fast_notifies = 0, mapped = 0;
+  ~Totals() {
+    if (std::getenv("PCI_FUZZ_STATS") == nullptr) return;
+    std::fprintf(
+        stderr,
+        "pci_transport_fuzz: %llu inputs; %llu activations, %llu device resets, "
+        "NEEDS_RESET seen %llu times, most chains in flight %llu, rng bytes %llu, "
+        "notifies %llu slow / %llu by ioeventfd, BARs mapped in %llu\n",
+        static_cast<unsigned long long>(inputs), static_cast<unsigned long long>(activations),
+        static_cast<unsigned long long>(resets), static_cast<unsigned long long>(needs_reset),
+        static_cast<unsigned long long>(max_in_flight), static_cast<unsigned long long>(rng_bytes),
+        static_cast<unsigned long long>(slow_notifies),
+        static_cast<unsigned long long>(fast_notifies), static_cast<unsigned long long>(mapped));
+  }
+} g_totals;
+
 // Guest RAM: all of the low 3 GiB (lazily populated) so the hole above it is PROT_NONE, and a
 // little high RAM so buffers can also sit above 4 GiB and straddle its end.
 constexpr uint64_t kLowEnd = layout::kMmioHoleStart;
@@ -208,6 +228,7 @@ struct Slot {
     uint64_t desc = 0, avail = 0, used = 0;
     uint16_t size = 8;
     uint16_t avail_idx = 0;
+    uint16_t cursor = 0;  // next descriptor good_chain() uses
   };
   std::vector<Ring> rings;
 };
@@ -262,6 +283,15 @@ class Harness {
   }
 
   ~Harness() {
+    ++g_totals.inputs;
+    g_totals.mapped += !platform_.mapped.empty();
+    for (auto& s : slots_) {
+      g_totals.activations += s.device->activations;
+      g_totals.resets += s.device->resets;
+      g_totals.slow_notifies += s.transport->slow_notifies();
+      if (s.console == nullptr)
+        g_totals.rng_bytes += static_cast<RngDevice&>(s.device->inner()).bytes_served();
+    }
     for (auto& s : slots_) bus_.remove(s.slot);
     for (auto& s : slots_) s.transport.reset();  // resets the devices, unmaps, releases
     loop_.post([this] { loop_.stop(); });
@@ -302,7 +332,7 @@ class Harness {
   // One scripted operation.
   void step() {
     Slot& s = slots_[in_.ConsumeIntegralInRange<size_t>(0, slots_.size() - 1)];
-    const int op = in_.ConsumeIntegralInRange<int>(0, 17);
+    const int op = in_.ConsumeIntegralInRange<int>(0, 21);
     switch (op) {
       case 0:
         bar0_read(s, steer_bar0_offset(), access_size());
@@ -363,6 +393,16 @@ class Harness {
       case 17:
         move_bar(s);
         break;
+      case 18:
+        bring_up(s);
+        break;
+      case 19:
+      case 20:
+        good_chain(s);
+        break;
+      case 21:
+        console_message(s);
+        break;
     }
     check();
   }
@@ -370,7 +410,9 @@ class Harness {
   void check() {
     for (auto& s : slots_) {
       WatchedDevice& d = *s.device;
+      if (s.transport->status() & kStatusNeedsReset) ++g_totals.needs_reset;
       for (Queue& q : d.queues) {
+        g_totals.max_in_flight = std::max<uint64_t>(g_totals.max_in_flight, q.in_flight());
         if (q.ready() && q.in_flight() > q.size()) {
           fail(std::string(d.name()) + ": queue " + std::to_string(q.index()) + " holds " +
                std::to_string(q.in_flight()) + " chains in flight, size " +
@@ -477,6 +519,7 @@ class Harness {
           static_cast<unsigned long long>(value));
     // KVM takes a write at an ioeventfd's address itself (length 0 matches any width).
     if (auto it = platform_.ioeventfds.find(address); it != platform_.ioeventfds.end()) {
+      ++g_totals.fast_notifies;
       const uint64_t one = 1;
       [[maybe_unused]] ssize_t n = ::write(it->second, &one, sizeof(one));
       return;
@@ -864,6 +907,94 @@ class Harness {
 
   // A console control message in a buffer of the buffer area (the guest then points a
   // descriptor of control tx at it).
+  // A driver's whole initialization, as Linux's virtio_pci does it: memory decoding (and
+  // MSI-X) on, features, every queue at size 8 in its own area with a vector, DRIVER_OK. So the
+  // rest of the script mostly runs against a live device.
+  void bring_up(Slot& s) {
+    TRACE("bring-up");
+    write_status(s, 0);
+    enable_memory(s, true);
+    negotiate(s);
+    for (uint16_t q = 0; q < s.rings.size(); ++q) {
+      Slot::Ring& r = s.rings[q];
+      const uint64_t base = r.desc & ~0x3fffull;
+      if (base < kRingArea || base >= kBufferArea) continue;  // moved by setup_queue: skip
+      r = Slot::Ring{};
+      r.desc = base;
+      r.avail = base + 0x1000;
+      r.used = base + 0x2000;
+      memory_.fill(base, 0x3000, 0, "rings");
+      common_write<uint16_t>(s, 0x16, q);
+      common_write<uint16_t>(s, 0x18, r.size);
+      common_write<uint16_t>(s, 0x1a, q);
+      common_write<uint64_t>(s, 0x20, r.desc);
+      common_write<uint64_t>(s, 0x28, r.avail);
+      common_write<uint64_t>(s, 0x30, r.used);
+      common_write<uint16_t>(s, 0x1c, 1);
+    }
+    write_status(s, kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk | kStatusDriverOk);
+  }
+
+  // A chain a driver would post on queue q: one or two buffers in the buffer area, writable,
+  // or readable with bytes in them on a console transmit queue; published and kicked.
+  void good_chain(Slot& s) {
+    const uint16_t q =
+        in_.ConsumeIntegralInRange<uint16_t>(0, static_cast<uint16_t>(s.rings.size() - 1));
+    const bool readable = s.console != nullptr && q % 2 == 1;
+    post(s, q, readable, in_.ConsumeIntegralInRange<uint32_t>(1, 64), std::nullopt);
+  }
+
+  void post(Slot& s, uint16_t q, bool readable, uint32_t len,
+            std::optional<std::span<const uint8_t>> bytes) {
+    Slot::Ring& r = s.rings[q];
+    if (r.size == 0 || (r.size & (r.size - 1)) != 0 || r.size > 256) return;
+    const uint16_t head = r.cursor++ % r.size;
+    const uint64_t buffer = kBufferArea + (uint64_t(q) * 64 + head) * 0x100;
+    if (bytes) {
+      memory_.write(buffer, *bytes);
+    } else if (readable) {
+      memory_.write(buffer, in_.ConsumeBytes<uint8_t>(len));
+    }
+    struct {
+      uint64_t addr;
+      uint32_t len;
+      uint16_t flags, next;
+    } d{buffer, len, static_cast<uint16_t>(readable ? 0 : kDescFlagWrite), 0};
+    memory_.write_obj(r.desc + 16ull * head, d);
+    memory_.write_obj<uint16_t>(r.avail + 4 + 2ull * (r.avail_idx % r.size), head);
+    memory_.write_obj<uint16_t>(r.avail + 2, ++r.avail_idx);
+    TRACE("post %s buffer of %u on queue %u (head %u)", readable ? "readable" : "writable", len, q,
+          head);
+    notify_queue(s, q);
+  }
+
+  // The console's control traffic a driver sends: control-rx buffers, then DEVICE_READY,
+  // PORT_READY or PORT_OPEN for a port (or any message) on control tx.
+  void console_message(Slot& s) {
+    if (s.console == nullptr) return;
+    post(s, 2, false, 64, std::nullopt);
+    struct {
+      uint32_t id;
+      uint16_t event, value;
+    } m{};
+    switch (in_.ConsumeIntegralInRange<int>(0, 3)) {
+      case 0:
+        m = {0xffffffffu, 0, 1};
+        break;
+      case 1:
+        m = {in_.ConsumeIntegralInRange<uint32_t>(0, 3), 3, 1};
+        break;
+      case 2:
+        m = {in_.ConsumeIntegralInRange<uint32_t>(0, 3), 6, 1};
+        break;
+      default:
+        m = {in_.ConsumeIntegral<uint32_t>(), in_.ConsumeIntegral<uint16_t>(),
+             in_.ConsumeIntegral<uint16_t>()};
+        break;
+    }
+    post(s, 3, true, sizeof(m), std::span(reinterpret_cast<const uint8_t*>(&m), sizeof(m)));
+  }
+
   void control_message(Slot& s) {
     const uint64_t at = kBufferArea + (in_.ConsumeIntegral<uint16_t>() % 0x100) * 0x100;
     struct {
