@@ -362,6 +362,14 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
                             out.machine.ports.size(), out.machine.max_ports));
   }
   if (vm.count("serial")) {
+    // The forms chardev::make_backend takes; checked here so a typo is reported as such, not
+    // after (or instead of, without /dev/kvm) setting up the VM.
+    const std::string& serial = out.machine.serial;
+    if (serial != "stdio" && serial != "null" &&
+        !(serial.starts_with("file=") && serial.size() > 5)) {
+      throw Error(fmt::format("unknown --serial backend '{}' (use stdio, null or file=PATH)",
+                              printable(serial)));
+    }
     if (console_on_stdio && out.machine.serial == "stdio") {
       throw Error("--serial stdio and --console stdio cannot share the terminal; pick one");
     }
