@@ -82,6 +82,32 @@ constexpr uint64_t kHighRam = 2ull << 20;
 constexpr uint64_t kHighStart = layout::kHighRamStart;
 constexpr uint64_t kBufferArea = 0x1000000;  // buffers; the fake driver's rings live below
 
+// PROT_NONE pages right after the end of guest RAM (where free), so a host access that runs
+// past the last region faults like one into the hole does, instead of landing in whatever the
+// host mapped there.
+class EndGuard {
+ public:
+  explicit EndGuard(const GuestMemory& memory) {
+    const MemoryRegion& last = memory.regions().back();
+    void* end = static_cast<uint8_t*>(memory.host_address_of_region(last)) + last.size;
+    void* p = ::mmap(end, kSize, PROT_NONE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+    if (p == end)
+      guard_ = p;
+    else if (p != MAP_FAILED)
+      ::munmap(p, kSize);  // kernels without MAP_FIXED_NOREPLACE
+  }
+  ~EndGuard() {
+    if (guard_ != nullptr) ::munmap(guard_, kSize);
+  }
+  EndGuard(const EndGuard&) = delete;
+  EndGuard& operator=(const EndGuard&) = delete;
+
+ private:
+  static constexpr size_t kSize = 1ull << 30;
+  void* guard_ = nullptr;
+};
+
 // A port as the host side knows it: its backend's state and what was sent through it.
 struct HostPort {
   std::shared_ptr<FakePortBackend::State> state;
@@ -93,7 +119,8 @@ struct HostPort {
 
 class Harness {
  public:
-  explicit Harness(FuzzedDataProvider& in) : in_(in), guest_(kLowEnd + kHighRam) {
+  explicit Harness(FuzzedDataProvider& in)
+      : in_(in), guest_(kLowEnd + kHighRam), end_guard_(guest_.memory()) {
     for (const auto& r : guest_.memory().regions())
       ::madvise(guest_.memory().host_address_of_region(r), r.size, MADV_NOHUGEPAGE);
     options_.max_ports = in_.ConsumeIntegralInRange<uint32_t>(1, 4);
@@ -586,6 +613,7 @@ class Harness {
 
   FuzzedDataProvider& in_;
   FakeGuest guest_;
+  EndGuard end_guard_;
   EventLoop loop_;
   console::ConsoleOptions options_;
   std::vector<HostPort> ports_;

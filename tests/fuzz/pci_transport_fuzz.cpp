@@ -97,6 +97,32 @@ constexpr uint64_t kHighStart = layout::kHighRamStart;
 constexpr uint64_t kRingArea = 0x100000;    // queue q of transport t: kRingArea + (t*64+q)*0x4000
 constexpr uint64_t kBufferArea = 0x800000;  // 1 MiB of buffers
 
+// PROT_NONE pages right after the end of guest RAM (where free), so a host access that runs
+// past the last region faults like one into the hole does, instead of landing in whatever the
+// host mapped there.
+class EndGuard {
+ public:
+  explicit EndGuard(const GuestMemory& memory) {
+    const MemoryRegion& last = memory.regions().back();
+    void* end = static_cast<uint8_t*>(memory.host_address_of_region(last)) + last.size;
+    void* p = ::mmap(end, kSize, PROT_NONE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+    if (p == end)
+      guard_ = p;
+    else if (p != MAP_FAILED)
+      ::munmap(p, kSize);  // kernels without MAP_FIXED_NOREPLACE
+  }
+  ~EndGuard() {
+    if (guard_ != nullptr) ::munmap(guard_, kSize);
+  }
+  EndGuard(const EndGuard&) = delete;
+  EndGuard& operator=(const EndGuard&) = delete;
+
+ private:
+  static constexpr size_t kSize = 1ull << 30;
+  void* guard_ = nullptr;
+};
+
 // The device as the transport sees it, wrapped so the harness sees the lifecycle calls and the
 // queues the transport hands over.
 class WatchedDevice final : public Device {
@@ -274,6 +300,7 @@ class Harness {
   explicit Harness(FuzzedDataProvider& in)
       : in_(in),
         memory_(GuestMemory::create(kRamBytes)),
+        end_guard_(memory_),
         platform_(memory_),
         bus_(layout::kPciMmioStart, layout::kPciMmioEnd) {
     pio_.add(layout::kPciConfigAddress, 8, bus_.config_io(), "PCI config");
@@ -385,7 +412,7 @@ class Harness {
         guest_bytes();
         break;
       case 15:
-        control_message(s);
+        control_bytes();
         break;
       case 16:
         enable_memory(s, in_.ConsumeBool());
@@ -430,8 +457,6 @@ class Harness {
       for (auto& s : slots_) {
         if (!s.notify_fds.count(fd)) continue;
         const uint64_t base = s.transport->bar0_address();
-        uint64_t offset = 0;
-        (void)offset;
         const bool bar_mapped = std::any_of(platform_.mapped.begin(), platform_.mapped.end(),
                                             [&](const auto& m) { return m.second == base; });
         if (bar_mapped && address >= base + PciTransport::kNotifyOffset &&
@@ -905,8 +930,6 @@ class Harness {
     memory_.write(at, bytes);
   }
 
-  // A console control message in a buffer of the buffer area (the guest then points a
-  // descriptor of control tx at it).
   // A driver's whole initialization, as Linux's virtio_pci does it: memory decoding (and
   // MSI-X) on, features, every queue at size 8 in its own area with a vector, DRIVER_OK. So the
   // rest of the script mostly runs against a live device.
@@ -995,7 +1018,9 @@ class Harness {
     post(s, 3, true, sizeof(m), std::span(reinterpret_cast<const uint8_t*>(&m), sizeof(m)));
   }
 
-  void control_message(Slot& s) {
+  // A console control message written somewhere in the buffer area, for the hostile
+  // descriptors to point at.
+  void control_bytes() {
     const uint64_t at = kBufferArea + (in_.ConsumeIntegral<uint16_t>() % 0x100) * 0x100;
     struct {
       uint32_t id;
@@ -1005,11 +1030,11 @@ class Harness {
     m.event = in_.ConsumeIntegralInRange<uint16_t>(0, 8);
     m.value = in_.ConsumeIntegralInRange<uint16_t>(0, 2);
     memory_.write_obj(at, m);
-    (void)s;
   }
 
   FuzzedDataProvider& in_;
   GuestMemory memory_;
+  EndGuard end_guard_;
   EventLoop loop_;
   FakePlatform platform_;
   IoBus pio_{"pio"};
