@@ -8,8 +8,8 @@
 //     clients send fuzzed byte streams in fuzzed chunks (over-long lines, CR, blank lines, no
 //     final newline, half-closes), read or do not read their output, hang up; the loop runs in
 //     between. Every line a client receives is one JSON object; responses carry "ok"; a client
-//     that sends only well-formed short lines and reads everything gets exactly one response
-//     per non-blank line, in order of its tags; the server keeps no more clients than it
+//     that sends only well-formed short lines and reads its output as it comes gets exactly
+//     one response per request, in order of its tags; the server keeps no more clients than it
 //     accepted and drops none that behaved.
 #include <fuzzer/FuzzedDataProvider.h>
 #include <poll.h>
@@ -210,9 +210,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static int serial = 0;
   const std::string path = socket_dir() + "/api" + std::to_string(serial++ % 4) + ".sock";
   ServerLimits limits;
-  limits.max_line = in.ConsumeIntegralInRange<size_t>(16, 512);
+  limits.max_line = in.ConsumeIntegralInRange<size_t>(64, 512);  // a short request fits
   limits.pause_input_at = in.ConsumeIntegralInRange<size_t>(64, 2048);
-  limits.max_output = limits.pause_input_at * in.ConsumeIntegralInRange<size_t>(2, 8);
+  // Room for any single response (a ports listing of 8 ports is ~2 KiB): a response larger
+  // than max_output drops its client at once, which the real limits (64 KiB lines, 4 MiB of
+  // output) never come near.
+  limits.max_output = 8192 + limits.pause_input_at * in.ConsumeIntegralInRange<size_t>(2, 8);
   limits.max_clients = in.ConsumeIntegralInRange<size_t>(1, 3);
   EventLoop loop;
   auto server = std::make_unique<Server>(loop, path, target, limits);
@@ -272,6 +275,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       default:
         server->broadcast(json{{"event", "fuzz"}, {"n", ops}});
         break;
+    }
+    // Well-behaved clients read everything that came (a client that lets its output pile up is
+    // dropped by design: ServerLimits::max_output).
+    for (size_t i = 0; i < accepted; ++i) {
+      Client& w = *clients[i];
+      if (!w.well_behaved || w.eof()) continue;
+      w.receive();
+      consume(w);
     }
   }
 
