@@ -191,10 +191,8 @@ class FakePlatform final : public PciPlatform {
     if (mmio.remove(base, device)) mapped.erase(device);
   }
   void add_ioeventfd(int fd, uint64_t address) override {
-    if (fail_next_ioeventfd) {
-      fail_next_ioeventfd = false;
+    if (fail_ioeventfd_in > 0 && --fail_ioeventfd_in == 0)
       throw Error("injected: KVM_IOEVENTFD failed");
-    }
     if (ioeventfds.count(address)) throw Error("KVM_IOEVENTFD: address in use (EEXIST)");
     ioeventfds[address] = fd;
   }
@@ -231,7 +229,8 @@ class FakePlatform final : public PciPlatform {
   std::map<uint32_t, int> irqfds;
   std::map<uint32_t, bool> intx;
   uint32_t next_gsi = 24;
-  bool fail_next_mmio = false, fail_next_ioeventfd = false;
+  bool fail_next_mmio = false;
+  int fail_ioeventfd_in = 0;  // > 0: the Nth add_ioeventfd from now fails
 
  private:
   const GuestMemory& memory_;
@@ -404,7 +403,7 @@ class Harness {
         if (in_.ConsumeBool()) {
           platform_.fail_next_mmio = true;
         } else {
-          platform_.fail_next_ioeventfd = true;
+          platform_.fail_ioeventfd_in = in_.ConsumeIntegralInRange<int>(1, 4);
         }
         TRACE("inject a platform failure");
         break;
