@@ -618,16 +618,23 @@ void PciTransport::map_bars_locked() {
            !memory_.contains(base, 1) && !memory_.contains(base + size - 1, 1);
   };
   if (!sane(bar0, bar0_size) || !sane(msix, msix_size)) return;
+  size_t ioeventfds = 0;  // registered so far, undone if a later step fails
   try {
     platform_.add_mmio(bar0, bar0_size, bar0_);
     platform_.add_mmio(msix, msix_size, msix_bar_);
-    for (size_t q = 0; q < queue_state_.size(); ++q) {
-      platform_.add_ioeventfd(queue_state_[q].notify_fd.get(),
-                              bar0 + kNotifyOffset + q * kNotifyMultiplier);
+    for (; ioeventfds < queue_state_.size(); ++ioeventfds) {
+      platform_.add_ioeventfd(queue_state_[ioeventfds].notify_fd.get(),
+                              bar0 + kNotifyOffset + ioeventfds * kNotifyMultiplier);
     }
   } catch (const Error& e) {
     static log::OnceFlag once;
     if (once.first()) log::warn("{}: BARs not mapped: {}", device_->name(), e.what());
+    // All or nothing: an ioeventfd left behind would keep catching writes at an address the BAR
+    // no longer decodes, and make KVM refuse (EEXIST) the next mapping there.
+    for (size_t q = 0; q < ioeventfds; ++q) {
+      platform_.remove_ioeventfd(queue_state_[q].notify_fd.get(),
+                                 bar0 + kNotifyOffset + q * kNotifyMultiplier);
+    }
     platform_.remove_mmio(bar0, bar0_.get());
     platform_.remove_mmio(msix, msix_bar_.get());
     return;
