@@ -150,7 +150,7 @@ class PciTransport final : public pci::Function,
   uint8_t status_ = 0;
   std::atomic<uint8_t> config_generation_{0};
   std::atomic<bool> needs_reset_{false};
-  log::OnceFlag queue_error_logged_;  // set without the lock (see on_queue_error)
+  log::OnceFlag queue_error_logged_;         // set without the lock (see on_queue_error)
   bool activated_ = false;                   // vCPU side, under mutex_
   std::atomic<bool> activated_flag_{false};  // I/O side: set and read on the I/O thread
   std::atomic<bool> in_device_call_{false};  // debug builds check that device calls never overlap
