@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/program_options.hpp>
 #include <charconv>
 #include <filesystem>
@@ -31,6 +32,20 @@ std::string printable(std::string_view text) {
     }
   }
   return out;
+}
+
+// Boost.Program_options (1.74) words an error by replacing placeholders such as %value% in a
+// loop that searches the whole message again after each replacement, so an option name or value
+// that itself contains the placeholder ("cpus = %value%") makes what() spin forever, its string
+// growing without bound. When the input has a '%', errors naming an option are worded here
+// instead, without what().
+std::string po_message(const po::error& e, bool input_has_percent) {
+  if (input_has_percent) {
+    if (const auto* named = dynamic_cast<const po::error_with_option_name*>(&e)) {
+      return fmt::format("invalid option or value: '{}'", printable(named->get_option_name()));
+    }
+  }
+  return e.what();
 }
 
 }  // namespace
@@ -262,6 +277,9 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
   }
 
   po::variables_map vm;
+  bool input_has_percent = std::any_of(own.begin(), own.end(), [](const std::string& a) {
+    return a.find('%') != std::string::npos;
+  });
   try {
     po::store(po::command_line_parser(own).options(desc).run(), vm);
     if (vm.count("config")) {
@@ -282,7 +300,14 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
       }
       std::ifstream file(path);
       if (!file) throw Error(fmt::format("cannot read --config file '{}'", path));
-      po::parsed_options parsed = po::parse_config_file(file, desc);
+      std::ostringstream text;
+      text << file.rdbuf();
+      if (text.str().size() > kMaxConfigBytes) {  // it grew since file_size()
+        throw Error(fmt::format("--config file '{}' is larger than 1 MiB", path));
+      }
+      input_has_percent |= text.str().find('%') != std::string::npos;
+      std::istringstream lines(text.str());
+      po::parsed_options parsed = po::parse_config_file(lines, desc);
       // The command line wins: values stored first are kept, and any --port on the command line
       // replaces the file's port lines instead of adding to them.
       std::erase_if(parsed.options, [&](const po::option& o) {
@@ -292,12 +317,13 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
       try {
         po::store(parsed, vm);
       } catch (const po::error& e) {
-        throw Error(fmt::format("{} in --config file '{}'", e.what(), path));
+        throw Error(
+            fmt::format("{} in --config file '{}'", po_message(e, input_has_percent), path));
       }
     }
     po::notify(vm);
   } catch (const po::error& e) {
-    throw Error(fmt::format("{} (see pier run --help)", e.what()));
+    throw Error(fmt::format("{} (see pier run --help)", po_message(e, input_has_percent)));
   }
   if (vm.count("help")) {
     out.show_help = true;
