@@ -146,13 +146,11 @@ class PciTransport final : public pci::Function,
 
   uint32_t device_feature_select_ = 0, driver_feature_select_ = 0;
   uint64_t driver_features_ = 0;
-  uint16_t config_vector_ = kNoVector;
   uint16_t queue_select_ = 0;
   uint8_t status_ = 0;
   std::atomic<uint8_t> config_generation_{0};
   std::atomic<bool> needs_reset_{false};
-  log::OnceFlag queue_error_logged_;  // set without the lock (see on_queue_error)
-  uint8_t isr_ = 0;
+  log::OnceFlag queue_error_logged_;         // set without the lock (see on_queue_error)
   bool activated_ = false;                   // vCPU side, under mutex_
   std::atomic<bool> activated_flag_{false};  // I/O side: set and read on the I/O thread
   std::atomic<bool> in_device_call_{false};  // debug builds check that device calls never overlap

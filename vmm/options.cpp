@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/program_options.hpp>
 #include <charconv>
 #include <filesystem>
@@ -17,9 +18,40 @@
 namespace po = boost::program_options;
 
 namespace pier {
+namespace {
+
+// User text as shown in an error: control bytes escaped, so the message stays one line.
+std::string printable(std::string_view text) {
+  std::string out;
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte == 0x7f) {
+      out += fmt::format("\\x{:02x}", byte);
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+// Boost.Program_options (1.74) words an error by replacing placeholders such as %value% in a
+// loop that searches the whole message again after each replacement, so an option name or value
+// that itself contains the placeholder ("cpus = %value%") makes what() spin forever, its string
+// growing without bound. When the input has a '%', errors naming an option are worded here
+// instead, without what().
+std::string po_message(const po::error& e, bool input_has_percent) {
+  if (input_has_percent) {
+    if (const auto* named = dynamic_cast<const po::error_with_option_name*>(&e)) {
+      return fmt::format("invalid option or value: '{}'", printable(named->get_option_name()));
+    }
+  }
+  return e.what();
+}
+
+}  // namespace
 
 uint64_t parse_size(std::string_view text) {
-  const std::string original(text);
+  const std::string original = printable(text);
   uint64_t value = 0;
   const char* begin = text.data();
   const char* end = text.data() + text.size();
@@ -57,11 +89,11 @@ uint64_t parse_size(std::string_view text) {
         break;
       default:
         throw Error(fmt::format("invalid size '{}': unknown unit '{}' (use K, M, G or T)", original,
-                                suffix));
+                                printable(suffix)));
     }
   } else {
-    throw Error(
-        fmt::format("invalid size '{}': unknown unit '{}' (use K, M, G or T)", original, suffix));
+    throw Error(fmt::format("invalid size '{}': unknown unit '{}' (use K, M, G or T)", original,
+                            printable(suffix)));
   }
   if (value > (UINT64_MAX >> shift)) throw Error(fmt::format("size '{}' is too large", original));
   return value << shift;
@@ -83,8 +115,18 @@ PortOption parse_port_option(std::string_view text) {
   bool have_name = false;
   size_t start = 0;
   while (start <= text.size()) {
-    size_t comma = text.find(',', start);
-    if (comma == std::string_view::npos) comma = text.size();
+    // Fields end at a single comma; ",," is a comma inside a field (the backend spec's escape
+    // for a comma in a path, chardev::parse_port_backend), kept as written for the backend.
+    size_t comma = start;
+    while (comma < text.size()) {
+      if (text[comma] != ',') {
+        ++comma;
+      } else if (comma + 1 < text.size() && text[comma + 1] == ',') {
+        comma += 2;
+      } else {
+        break;
+      }
+    }
     const std::string_view token = text.substr(start, comma - start);
     if (token.starts_with("name=") && !have_name) {
       port.name = std::string(token.substr(5));
@@ -97,14 +139,14 @@ PortOption parse_port_option(std::string_view text) {
     start = comma + 1;
   }
   if (!have_name) {
-    throw Error(
-        fmt::format("--port '{}' has no name= (use --port name=NAME,BACKEND[,console])", text));
+    throw Error(fmt::format("--port '{}' has no name= (use --port name=NAME,BACKEND[,console])",
+                            printable(text)));
   }
   if (!valid_port_name(port.name)) {
     throw Error(
         fmt::format("invalid port name '{}': use 1-200 characters of letters, digits and "
                     "._-+:@ (e.g. org.pier.agent)",
-                    port.name));
+                    printable(port.name)));
   }
   if (backend_parts.empty()) {
     throw Error(
@@ -249,6 +291,9 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
   }
 
   po::variables_map vm;
+  bool input_has_percent = std::any_of(own.begin(), own.end(), [](const std::string& a) {
+    return a.find('%') != std::string::npos;
+  });
   try {
     po::store(po::command_line_parser(own).options(desc).run(), vm);
     if (vm.count("config")) {
@@ -269,7 +314,14 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
       }
       std::ifstream file(path);
       if (!file) throw Error(fmt::format("cannot read --config file '{}'", path));
-      po::parsed_options parsed = po::parse_config_file(file, desc);
+      std::ostringstream text;
+      text << file.rdbuf();
+      if (text.str().size() > kMaxConfigBytes) {  // it grew since file_size()
+        throw Error(fmt::format("--config file '{}' is larger than 1 MiB", path));
+      }
+      input_has_percent |= text.str().find('%') != std::string::npos;
+      std::istringstream lines(text.str());
+      po::parsed_options parsed = po::parse_config_file(lines, desc);
       // The command line wins: values stored first are kept, and any --port on the command line
       // replaces the file's port lines instead of adding to them.
       std::erase_if(parsed.options, [&](const po::option& o) {
@@ -279,12 +331,13 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
       try {
         po::store(parsed, vm);
       } catch (const po::error& e) {
-        throw Error(fmt::format("{} in --config file '{}'", e.what(), path));
+        throw Error(
+            fmt::format("{} in --config file '{}'", po_message(e, input_has_percent), path));
       }
     }
     po::notify(vm);
   } catch (const po::error& e) {
-    throw Error(fmt::format("{} (see pier run --help)", e.what()));
+    throw Error(fmt::format("{} (see pier run --help)", po_message(e, input_has_percent)));
   }
   if (vm.count("help")) {
     out.show_help = true;
@@ -334,7 +387,8 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
   if (resize_order == "cols-rows") {
     out.machine.resize_cols_first = true;
   } else if (resize_order != "rows-cols") {
-    throw Error(fmt::format("--resize-order {}: expected rows-cols or cols-rows", resize_order));
+    throw Error(
+        fmt::format("--resize-order {}: expected rows-cols or cols-rows", printable(resize_order)));
   }
   out.machine.console_ring_bytes = parse_size(console_ring);
   if (out.machine.console_ring_bytes > (64ull << 20)) {
@@ -348,6 +402,14 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
                             out.machine.ports.size(), out.machine.max_ports));
   }
   if (vm.count("serial")) {
+    // The forms chardev::make_backend takes; checked here so a typo is reported as such, not
+    // after (or instead of, without /dev/kvm) setting up the VM.
+    const std::string& serial = out.machine.serial;
+    if (serial != "stdio" && serial != "null" &&
+        !(serial.starts_with("file=") && serial.size() > 5)) {
+      throw Error(fmt::format("unknown --serial backend '{}' (use stdio, null or file=PATH)",
+                              printable(serial)));
+    }
     if (console_on_stdio && out.machine.serial == "stdio") {
       throw Error("--serial stdio and --console stdio cannot share the terminal; pick one");
     }
@@ -362,8 +424,8 @@ RunOptions parse_run_options(const std::vector<std::string>& args) {
   } else if (boot_method == "direct") {
     out.machine.boot_method = BootMethodChoice::kDirect;
   } else {
-    throw Error(
-        fmt::format("unknown --boot-method '{}' (use auto, bzimage or direct)", boot_method));
+    throw Error(fmt::format("unknown --boot-method '{}' (use auto, bzimage or direct)",
+                            printable(boot_method)));
   }
   out.machine.seccomp = seccomp::parse_mode(seccomp_mode);
   out.machine.host = select_host_profile(host_profile);

@@ -25,7 +25,8 @@ struct RunOptions {
 };
 
 // "name=NAME,BACKEND[,console]" (BACKEND may itself contain commas, e.g.
-// "socket=/tmp/a.sock,client,reconnect=2"). Throws pier::Error on a malformed option or name.
+// "socket=/tmp/a.sock,client,reconnect=2", and ",," for a comma in a path, passed on as
+// written). Throws pier::Error on a malformed option or name.
 PortOption parse_port_option(std::string_view text);
 // Port names become /dev/virtio-ports/<name> and a sysfs attribute: 1-200 characters of
 // [A-Za-z0-9._-+:@], as reverse-DNS names like org.pier.agent use.
