@@ -95,13 +95,9 @@ std::vector<Rule> common_rules() {
       {SCMP_SYS(close), {}},
   };
 #ifdef PIER_SANITIZER_BUILD
-  // Sanitizer builds only (CMake's PIER_SANITIZE, docs/sanitizers.md): what GCC's sanitizer
-  // runtimes do on any thread. Release builds never get these rules.
+  // Sanitizer builds only (CMake's PIER_SANITIZE, docs/sanitizers.md): what GCC's ASan runtime
+  // does on any thread. Release builds never get these rules.
   const std::vector<Rule> sanitizer = {
-      // UBSan's vptr check probes memory it reads with pipe2(fds, 0) + write + close
-      // (IsAccessibleMemoryRange), on a virtual call whose dynamic type it has not seen yet;
-      // ASan's pthread_create does the same.
-      {SCMP_SYS(pipe2), {SCMP_A1(SCMP_CMP_EQ, 0)}},
       // ASan clears a thread's stack shadow as the thread exits: a fresh mapping marked so.
       {SCMP_SYS(madvise), {SCMP_A2(SCMP_CMP_EQ, MADV_NOHUGEPAGE)}},
       {SCMP_SYS(madvise), {SCMP_A2(SCMP_CMP_EQ, MADV_DONTDUMP)}},
