@@ -457,7 +457,22 @@ TEST_F(Api, PierCtlAndPierPortFromAShell) {
   auto events = std::async(std::launch::async, [&] {
     return run_capture({"ctl", "--api-socket", api, "events", "--count", "3"});
   });
-  std::this_thread::sleep_for(300ms);  // let it connect
+  {
+    // Until it is connected (a second API client beside this one): a pier ctl built with ASan
+    // took longer than the 300 ms this used to sleep in the nested KVM host, and missed the
+    // port-added event.
+    LineClient watcher(api);
+    ASSERT_TRUE(watcher.ok());
+    auto clients = [&] {
+      const json r = watcher.call({{"cmd", "vm-status"}});
+      const bool answered = r.is_object() && r.contains("result") && r["result"].is_object();
+      return answered ? r["result"].value("api_clients", 0) : 0;
+    };
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    while (clients() < 2 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(20ms);
+    }
+  }
   int status = -1;
   std::string out = run_capture(
       {"ctl", "--api-socket", api, "port-add", "org.pier.shell", "socket=" + sock("shell")}, "",
