@@ -853,6 +853,8 @@ int Machine::run() {
   if (config_.seccomp == seccomp::Mode::kOn) seccomp::install_trap_handler();
   if (config_.seccomp != seccomp::Mode::kOff) {
     log::info("seccomp: {} (filters per thread: vcpu, io)", seccomp::to_string(config_.seccomp));
+    // ASan builds: the exit-time leak check could not run on this thread once it is filtered.
+    seccomp::leak_check_before_filters();
   }
 
   {

@@ -48,8 +48,9 @@ TEST(Fdt, DescribesMemoryCpusPciDevicesAndPorts) {
   int len = 0;
   const auto* reg = static_cast<const fdt64_t*>(fdt_getprop(fdt, high, "reg", &len));
   ASSERT_EQ(len, 16);
-  EXPECT_EQ(fdt64_to_cpu(reg[0]), layout::kHighRamStart);
-  EXPECT_EQ(fdt64_to_cpu(reg[1]), 2ull << 30);
+  // Property values are only 4-byte aligned: fdt64_ld reads them byte by byte.
+  EXPECT_EQ(fdt64_ld(&reg[0]), layout::kHighRamStart);
+  EXPECT_EQ(fdt64_ld(&reg[1]), 2ull << 30);
   EXPECT_GE(fdt_path_offset(fdt, "/cpus/cpu@1"), 0);
   EXPECT_LT(fdt_path_offset(fdt, "/cpus/cpu@2"), 0);
   const int dev = fdt_path_offset(fdt, "/pci/device@1");

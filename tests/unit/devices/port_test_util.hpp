@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -37,28 +38,40 @@ class LoopThread {
   }
   EventLoop& loop() { return loop_; }
 
+  // An exception is rethrown here. It is handed over as an exception_ptr moved into the future
+  // after its catch block ended, so the loop thread keeps no reference to it: the exception's
+  // reference count lives in the uninstrumented C++ runtime, and ThreadSanitizer would report
+  // the loop thread's release of the last reference as racing this thread's reads.
   template <class F>
   auto call(F&& fn) -> decltype(fn()) {
     using R = decltype(fn());
-    std::promise<R> done;
+    struct Outcome {
+      std::optional<std::conditional_t<std::is_void_v<R>, bool, R>> value;
+      std::exception_ptr error;
+    };
+    std::promise<Outcome> done;
     auto result = done.get_future();
     loop_.post([&] {
+      Outcome outcome;
       try {
         if constexpr (std::is_void_v<R>) {
           fn();
-          done.set_value();
+          outcome.value.emplace(true);
         } else {
-          done.set_value(fn());
+          outcome.value.emplace(fn());
         }
       } catch (...) {
-        done.set_exception(std::current_exception());
+        outcome.error = std::current_exception();
       }
+      done.set_value(std::move(outcome));
     });
     if (result.wait_for(10s) != std::future_status::ready) {
       ADD_FAILURE() << "loop thread did not run the call in 10 s";
       std::abort();
     }
-    return result.get();
+    Outcome outcome = result.get();
+    if (outcome.error) std::rethrow_exception(std::move(outcome.error));
+    if constexpr (!std::is_void_v<R>) return std::move(*outcome.value);
   }
 
  private:

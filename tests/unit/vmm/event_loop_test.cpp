@@ -91,9 +91,10 @@ TEST(EventLoop, CallWithNobodyDispatchingRunsOnTheCaller) {
 // function itself instead of waiting forever (a vCPU writing a register at shutdown).
 TEST(EventLoop, CallDoesNotWaitForAStoppedLoop) {
   EventLoop loop;
-  std::atomic<bool> caller_waiting{false};
+  std::atomic<bool> loop_busy{false}, caller_waiting{false};
   std::thread io([&] { loop.run(); });
   loop.post([&] {
+    loop_busy = true;
     while (!caller_waiting) std::this_thread::yield();
     std::this_thread::sleep_for(50ms);  // the caller is in call() by now
     loop.stop();
@@ -101,6 +102,10 @@ TEST(EventLoop, CallDoesNotWaitForAStoppedLoop) {
   std::thread::id ran_on;
   std::atomic<int> runs{0};
   std::thread caller([&] {
+    // Only once the loop runs the function above: a call posted before the loop took that one
+    // from the queue would run right after it, on the loop's thread (seen under ASan on a
+    // loaded machine, where the loop thread starts late).
+    while (!loop_busy) std::this_thread::yield();
     caller_waiting = true;
     loop.call([&] {
       ran_on = std::this_thread::get_id();
