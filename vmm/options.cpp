@@ -20,20 +20,6 @@ namespace po = boost::program_options;
 namespace pier {
 namespace {
 
-// User text as shown in an error: control bytes escaped, so the message stays one line.
-std::string printable(std::string_view text) {
-  std::string out;
-  for (const char c : text) {
-    const auto byte = static_cast<unsigned char>(c);
-    if (byte < 0x20 || byte == 0x7f) {
-      out += fmt::format("\\x{:02x}", byte);
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
-
 // Boost.Program_options (1.74) words an error by replacing placeholders such as %value% in a
 // loop that searches the whole message again after each replacement, so an option name or value
 // that itself contains the placeholder ("cpus = %value%") makes what() spin forever, its string

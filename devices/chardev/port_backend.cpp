@@ -63,20 +63,6 @@ std::optional<uint64_t> parse_seconds_as_ms(std::string_view s) {
   return ms;
 }
 
-// The spec as shown in messages: control bytes escaped, so the error stays one line.
-std::string printable(std::string_view text) {
-  std::string out;
-  for (const char c : text) {
-    const auto byte = static_cast<unsigned char>(c);
-    if (byte < 0x20 || byte == 0x7f) {
-      out += fmt::format("\\x{:02x}", byte);
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
-
 class SpecParser {
  public:
   explicit SpecParser(std::string_view text) : text_(text) { spec_.text = std::string(text); }
